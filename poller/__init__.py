@@ -1,0 +1,1 @@
+"""Supabase-native WhatsApp outbox: database bootstrap and the poller daemon."""

@@ -1,0 +1,52 @@
+"""The `wa-poller` command line."""
+
+import argparse
+import logging
+import sys
+
+from poller.bootstrap import bootstrap
+from poller.errors import ConfigError, PollerError
+from poller.settings import Settings
+
+log = logging.getLogger("poller")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wa-poller", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="database administration")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    boot = db_commands.add_parser(
+        "bootstrap",
+        help="make a database ready: Supabase compatibility (if missing), pgmq, migrations",
+    )
+    boot.add_argument("--database-url", help="PostgreSQL URL (default: $WA_DATABASE_URL)")
+    boot.add_argument(
+        "--poller-password",
+        help="also enable LOGIN for the wa_poller role with this password",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "db" and args.db_command == "bootstrap":
+            url = args.database_url or settings.database_url
+            if not url:
+                raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
+            for line in bootstrap(url, args.poller_password).lines():
+                print(line)
+    except PollerError as exc:
+        print(f"wa-poller: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+-- Tables of the outbox: sessions, groups (JID is the key), permissions and the message log.
+
+create schema if not exists private;
+revoke all on schema private from public;
+
+create type public.session_status as enum ('scanning', 'connecting', 'connected', 'disconnected');
+create type public.message_status as enum ('pending', 'sending', 'sent', 'delivered', 'read', 'failed');
+
+create function private.touch_updated_at() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+revoke execute on function private.touch_updated_at() from public;
+
+-- One row per admin WhatsApp number. qr_code and config are for admins only (see RLS).
+create table public.whatsapp_sessions (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid references auth.users (id) on delete set null,
+  phone_number varchar(32),
+  status public.session_status not null default 'disconnected',
+  status_reason text,
+  qr_code text,
+  config jsonb not null default '{}'::jsonb,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+create index whatsapp_sessions_user_id_idx on public.whatsapp_sessions (user_id);
+comment on column public.whatsapp_sessions.updated_at is 'Heartbeat: the poller holding the session bumps it.';
+
+-- WhatsApp groups keyed by their JID: no surrogate UUIDs to get out of sync.
+create table public.whatsapp_groups (
+  jid varchar(64) primary key
+    constraint whatsapp_groups_jid_format check (jid ~ '^[0-9]+(-[0-9]+)?@g\.us$'),
+  name varchar(255),
+  session_id uuid references public.whatsapp_sessions (id) on delete set null,
+  participants jsonb not null default '[]'::jsonb,
+  is_active boolean not null default true,
+  is_readonly boolean not null default false,
+  readonly_reason text,
+  last_synced timestamptz,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint whatsapp_groups_readonly_has_reason check (not is_readonly or readonly_reason is not null)
+);
+create index whatsapp_groups_session_id_idx on public.whatsapp_groups (session_id);
+
+create table public.employee_groups (
+  id uuid primary key default gen_random_uuid(),
+  name varchar(255) not null unique,
+  created_at timestamptz not null default now()
+);
+
+create table public.employee_group_members (
+  employee_group_id uuid not null references public.employee_groups (id) on delete cascade,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  created_at timestamptz not null default now(),
+  primary key (employee_group_id, user_id)
+);
+create index employee_group_members_user_id_idx on public.employee_group_members (user_id);
+
+create table public.group_assignments (
+  id uuid primary key default gen_random_uuid(),
+  group_jid varchar(64) not null references public.whatsapp_groups (jid) on delete cascade on update cascade,
+  employee_group_id uuid not null references public.employee_groups (id) on delete cascade,
+  created_at timestamptz not null default now(),
+  constraint group_assignments_unique unique (group_jid, employee_group_id)
+);
+create index group_assignments_employee_group_id_idx on public.group_assignments (employee_group_id);
+
+-- The audit log of every message, and the row whose status the browser watches.
+create table public.messages (
+  id uuid primary key default gen_random_uuid(),
+  wa_message_id varchar(128),
+  group_jid varchar(64) not null references public.whatsapp_groups (jid) on update cascade,
+  sender_id uuid references auth.users (id) on delete set null,
+  content text not null
+    constraint messages_content_not_blank check (content ~ '[^\s\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]')
+    constraint messages_content_length check (char_length(content) <= 65536),
+  status public.message_status not null default 'pending',
+  error_log text,
+  client_msg_id uuid,
+  attempts integer not null default 0 check (attempts >= 0),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  sent_at timestamptz,
+  delivered_at timestamptz,
+  read_at timestamptz,
+  -- Idempotency key: one row per (sender, client_msg_id); NULL keys never collide.
+  constraint messages_sender_client_msg_id_key unique (sender_id, client_msg_id)
+);
+create index messages_group_jid_created_at_idx on public.messages (group_jid, created_at);
+create index messages_wa_message_id_idx on public.messages (wa_message_id) where wa_message_id is not null;
+create index messages_unfinished_idx on public.messages (group_jid, status)
+  where status in ('pending', 'sending', 'failed');
+
+create trigger whatsapp_sessions_touch before update on public.whatsapp_sessions
+  for each row execute function private.touch_updated_at();
+create trigger whatsapp_groups_touch before update on public.whatsapp_groups
+  for each row execute function private.touch_updated_at();
+create trigger messages_touch before update on public.messages
+  for each row execute function private.touch_updated_at();

@@ -1,0 +1,86 @@
+-- Who may see and change what. One policy per action and audience, named as a sentence.
+-- Admin = JWT app_metadata.role = 'admin' (users cannot edit app_metadata; user_metadata is
+-- never trusted). End users never write a message row or a status: only send_message does.
+
+-- Helpers live in `private`, which the API does not expose. They are `stable` so a policy
+-- evaluates them once per statement (wrapped in a sub-select), and the two that read
+-- membership are SECURITY DEFINER so policies do not recurse through each other's RLS.
+create function private.is_admin() returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select coalesce((select auth.jwt()) -> 'app_metadata' ->> 'role', '') = 'admin'
+$$;
+
+create function private.my_employee_group_ids() returns setof uuid
+language sql stable security definer
+set search_path = ''
+as $$
+  select m.employee_group_id
+  from public.employee_group_members m
+  where m.user_id = (select auth.uid())
+$$;
+
+create function private.my_group_jids() returns setof varchar
+language sql stable security definer
+set search_path = ''
+as $$
+  select ga.group_jid
+  from public.group_assignments ga
+  join public.employee_group_members m on m.employee_group_id = ga.employee_group_id
+  where m.user_id = (select auth.uid())
+$$;
+
+revoke execute on all functions in schema private from public;
+grant usage on schema private to authenticated;
+grant execute on function private.is_admin(), private.my_employee_group_ids(), private.my_group_jids()
+  to authenticated;
+
+alter table public.whatsapp_sessions enable row level security;
+alter table public.whatsapp_groups enable row level security;
+alter table public.employee_groups enable row level security;
+alter table public.employee_group_members enable row level security;
+alter table public.group_assignments enable row level security;
+alter table public.messages enable row level security;
+
+-- Admins read and manage everything except the message log, which they only read.
+do $$
+declare
+  t text;
+begin
+  foreach t in array array['whatsapp_sessions', 'whatsapp_groups', 'employee_groups',
+                           'employee_group_members', 'group_assignments', 'messages'] loop
+    execute format('create policy %I on public.%I for select to authenticated using ((select private.is_admin()))',
+                   'Admins can read ' || replace(t, '_', ' '), t);
+    continue when t = 'messages';
+    execute format('create policy %I on public.%I for insert to authenticated with check ((select private.is_admin()))',
+                   'Admins can create ' || replace(t, '_', ' '), t);
+    execute format('create policy %I on public.%I for update to authenticated using ((select private.is_admin())) with check ((select private.is_admin()))',
+                   'Admins can update ' || replace(t, '_', ' '), t);
+    execute format('create policy %I on public.%I for delete to authenticated using ((select private.is_admin()))',
+                   'Admins can delete ' || replace(t, '_', ' '), t);
+  end loop;
+end
+$$;
+
+-- Employees read what their employee groups are assigned, and nothing of the sessions.
+create policy "Members can read their employee groups" on public.employee_groups
+  for select to authenticated using (id in (select private.my_employee_group_ids()));
+
+create policy "Users can read their own memberships" on public.employee_group_members
+  for select to authenticated using (user_id = (select auth.uid()));
+
+create policy "Members can read their teams' group assignments" on public.group_assignments
+  for select to authenticated using (employee_group_id in (select private.my_employee_group_ids()));
+
+create policy "Members can read groups assigned to their teams" on public.whatsapp_groups
+  for select to authenticated using (jid in (select private.my_group_jids()));
+
+create policy "Members can read messages of groups assigned to their teams" on public.messages
+  for select to authenticated using (group_jid in (select private.my_group_jids()));
+
+-- Privileges: Supabase grants everything on new tables to the API roles; take back what RLS
+-- alone should not be trusted with.
+revoke all on all tables in schema public from anon;
+revoke truncate, references, trigger on all tables in schema public from authenticated;
+revoke insert, update, delete on public.messages from authenticated;

@@ -1,0 +1,103 @@
+"""Fixtures: one PostgreSQL server for the session (started here through pytest-postgresql),
+the migrations applied once into a template database, and a fresh clone of it per test."""
+
+import itertools
+import os
+import pwd
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from pytest_postgresql.executors.proc import PostgreSQLExecutor
+
+from poller.bootstrap import bootstrap
+from poller.localpg import free_port
+from tests.personas import Seed, seed
+
+PG_CTL = str(Path(__file__).with_name("pg_ctl_unprivileged"))
+TEMPLATE = "wa_template"
+_clone_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgreSQLExecutor]:
+    folder = Path(tempfile.mkdtemp(prefix="wa-test-pg-"))
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    executor = PostgreSQLExecutor(
+        executable=PG_CTL,
+        host="127.0.0.1",
+        port=free_port(),
+        datadir=str(folder / "data"),
+        unixsocketdir=str(folder),
+        logfile=str(folder / "server.log"),
+        startparams="-w",
+        dbname="postgres",
+        user="postgres",
+        postgres_options=(
+            "-c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 "
+            "-c max_connections=300 -c fsync=off -c synchronous_commit=off"
+        ),
+    )
+    executor.start()
+    yield executor
+    executor.stop()
+
+
+def server_url(server: PostgreSQLExecutor, dbname: str = "postgres") -> str:
+    return f"postgresql://postgres@{server.host}:{server.port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server: PostgreSQLExecutor) -> str:
+    with psycopg.connect(server_url(pg_server), autocommit=True) as conn:
+        conn.execute(f"create database {TEMPLATE}")
+    url = server_url(pg_server, TEMPLATE)
+    bootstrap(url)
+    return url
+
+
+@contextmanager
+def cloned_database(server: PostgreSQLExecutor) -> Iterator[str]:
+    """A new database cloned from the migrated template; dropped afterwards."""
+    name = f"wa_test_{os.getpid()}_{next(_clone_numbers)}"
+    with psycopg.connect(server_url(server), autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE}")
+    yield server_url(server, name)
+    with psycopg.connect(server_url(server), autocommit=True) as conn:
+        conn.execute(f"drop database {name} with (force)")
+
+
+@pytest.fixture
+def db_url(pg_server: PostgreSQLExecutor, template_url: str) -> Iterator[str]:
+    """A database of its own for each test."""
+    with cloned_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    """A superuser connection to the test's database (autocommit)."""
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def data(conn: psycopg.Connection) -> Seed:
+    return seed(conn)
+
+
+@pytest.fixture(scope="module")
+def shared_conn(pg_server: PostgreSQLExecutor, template_url: str) -> Iterator[psycopg.Connection]:
+    """One seeded database for a module whose tests each roll back all they do."""
+    with cloned_database(pg_server) as url, psycopg.connect(url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def shared_data(shared_conn: psycopg.Connection) -> Seed:
+    return seed(shared_conn)

@@ -84,8 +84,7 @@ def _apply_migrations(conn: psycopg.Connection) -> list[str]:
         "(version text primary key, statements text[], name text)"
     )
     done = {
-        row[0]
-        for row in conn.execute("select version from supabase_migrations.schema_migrations")
+        row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")
     }
     applied = []
     for migration in migrations():

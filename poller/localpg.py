@@ -14,21 +14,37 @@ from pathlib import Path
 
 from poller.errors import ConfigError, DatabaseUnavailable
 
-_SERVER_OPTIONS = "-c wal_level=logical -c max_replication_slots=10 -c max_connections=200"
-
 
 def pg_bindir() -> Path:
     """The newest installed PostgreSQL's bin folder (WA_PG_BINDIR overrides)."""
     if override := os.environ.get("WA_PG_BINDIR"):
         return Path(override)
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                        key=lambda p: int(p.parent.parent.name))
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name)
+    )
     if candidates:
         return candidates[-1].parent
     found = shutil.which("pg_ctl")
     if found is None:
-        raise ConfigError("PostgreSQL server binaries not found: install postgresql or set WA_PG_BINDIR")
+        raise ConfigError(
+            "PostgreSQL server binaries not found: install postgresql or set WA_PG_BINDIR"
+        )
     return Path(found).parent
+
+
+def server_options(max_connections: int = 200) -> str:
+    """postgres -c options: logical decoding on, wal2json allowed as the Realtime plugin."""
+    options = (
+        f"-c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 "
+        f"-c max_connections={max_connections}"
+    )
+    described = subprocess.run(
+        [str(pg_bindir() / "postgres"), "--describe-config"], capture_output=True, text=True
+    ).stdout
+    # Newer minor releases only let listed libraries serve as logical decoding plugins.
+    if "output_plugin_libraries" in described:
+        options += " -c output_plugin_libraries=pgoutput,wal2json"
+    return options
 
 
 def free_port() -> int:
@@ -62,11 +78,29 @@ class LocalPostgres:
         if self.running():
             self.stop()
         if not (self.datadir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
-                      "--encoding=UTF8", "--locale=C.UTF-8")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 {_SERVER_OPTIONS}"
-        self._run("pg_ctl", "start", "-w", "-D", str(self.datadir), "-o", options,
-                  "-l", str(self.folder / "server.log"))
+            self._run(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            )
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+        options += server_options()
+        self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-D",
+            str(self.datadir),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "server.log"),
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if self.running():
@@ -78,9 +112,21 @@ class LocalPostgres:
         return self._run("pg_ctl", "status", "-D", str(self.datadir), check=False) == 0
 
     def create_database(self, name: str) -> str:
-        self._run("psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                  "-c", f'drop database if exists "{name}" with (force)',
-                  "-c", f'create database "{name}"')
+        self._run(
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-c",
+            f'drop database if exists "{name}" with (force)',
+            "-c",
+            f'create database "{name}"',
+        )
         return self.url_for(name)
 
     def _run(self, program: str, *args: str, check: bool = True) -> int:

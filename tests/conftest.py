@@ -14,7 +14,7 @@ import pytest
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from poller.bootstrap import bootstrap
-from poller.localpg import free_port
+from poller.localpg import free_port, server_options
 from tests.personas import Seed, seed
 
 PG_CTL = str(Path(__file__).with_name("pg_ctl_unprivileged"))
@@ -38,10 +38,8 @@ def pg_server() -> Iterator[PostgreSQLExecutor]:
         startparams="-w",
         dbname="postgres",
         user="postgres",
-        postgres_options=(
-            "-c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 "
-            "-c max_connections=300 -c fsync=off -c synchronous_commit=off"
-        ),
+        # fsync off: a test server's data need not survive a power cut.
+        postgres_options=server_options(max_connections=300) + " -c fsync=off",
     )
     executor.start()
     yield executor

@@ -40,8 +40,13 @@ class Seed:
         }
         if persona in user:
             sub, app_metadata, user_metadata = user[persona]
-            return {"sub": str(sub), "role": "authenticated", "aud": "authenticated",
-                    "app_metadata": app_metadata, "user_metadata": user_metadata}
+            return {
+                "sub": str(sub),
+                "role": "authenticated",
+                "aud": "authenticated",
+                "app_metadata": app_metadata,
+                "user_metadata": user_metadata,
+            }
         if persona in ("anon", "service_role"):
             return {"role": persona}
         return None  # wa_poller connects as itself, with no JWT
@@ -81,8 +86,14 @@ def seed(conn: psycopg.Connection) -> Seed:
             "(%(gi)s, 'Eski Grup', %(s)s, false, false, null), "
             "(%(gr)s, 'Duyurular', %(s)s, true, true, 'announce-only and we are not an admin'), "
             "(%(gu)s, 'Atanmamış', %(s)s, true, false, null)",
-            {"g1": G1, "g2": G2, "gi": G_INACTIVE, "gr": G_READONLY, "gu": G_UNASSIGNED,
-             "s": s.session},
+            {
+                "g1": G1,
+                "g2": G2,
+                "gi": G_INACTIVE,
+                "gr": G_READONLY,
+                "gu": G_UNASSIGNED,
+                "s": s.session,
+            },
         )
         conn.execute(
             "insert into employee_groups (id, name) values (%s, 'Claims'), (%s, 'Sales')",
@@ -97,8 +108,17 @@ def seed(conn: psycopg.Connection) -> Seed:
             "insert into group_assignments (id, group_jid, employee_group_id) values "
             "(%s, %s, %s), (gen_random_uuid(), %s, %s), (gen_random_uuid(), %s, %s), "
             "(gen_random_uuid(), %s, %s)",
-            [s.g1_assignment, G1, s.claims_team, G2, s.sales_team, G_INACTIVE, s.claims_team,
-             G_READONLY, s.claims_team],
+            [
+                s.g1_assignment,
+                G1,
+                s.claims_team,
+                G2,
+                s.sales_team,
+                G_INACTIVE,
+                s.claims_team,
+                G_READONLY,
+                s.claims_team,
+            ],
         )
         conn.execute(
             "insert into messages (id, group_jid, sender_id, content) values "

@@ -19,9 +19,9 @@ STATEMENTS: dict[str, dict[str, str]] = {
     "employee_group_members": {
         "select": "select user_id from employee_group_members where user_id = %(employee)s",
         "insert": "insert into employee_group_members (employee_group_id, user_id) "
-                  "values (%(sales_team)s, %(employee)s)",
+        "values (%(sales_team)s, %(employee)s)",
         "update": "update employee_group_members set created_at = now() "
-                  "where user_id = %(employee)s",
+        "where user_id = %(employee)s",
         "delete": "delete from employee_group_members where user_id = %(employee)s",
     },
     "whatsapp_sessions": {
@@ -33,7 +33,7 @@ STATEMENTS: dict[str, dict[str, str]] = {
     "whatsapp_groups": {
         "select": "select jid from whatsapp_groups where jid = %(g1)s",
         "insert": "insert into whatsapp_groups (jid, name, session_id) "
-                  "values ('120363000000000099@g.us', 'Yeni', %(session)s)",
+        "values ('120363000000000099@g.us', 'Yeni', %(session)s)",
         "update": "update whatsapp_groups set name = 'Hasar' where jid = %(g1)s",
         # A group that has messages cannot be deleted at all (see the test below).
         "delete": "delete from whatsapp_groups where jid = %(g_inactive)s",
@@ -41,14 +41,14 @@ STATEMENTS: dict[str, dict[str, str]] = {
     "group_assignments": {
         "select": "select id from group_assignments where id = %(g1_assignment)s",
         "insert": "insert into group_assignments (group_jid, employee_group_id) "
-                  "values (%(g2)s, %(claims_team)s)",
+        "values (%(g2)s, %(claims_team)s)",
         "update": "update group_assignments set created_at = now() where id = %(g1_assignment)s",
         "delete": "delete from group_assignments where id = %(g1_assignment)s",
     },
     "messages": {
         "select": "select id from messages where id = %(m1)s",
         "insert": "insert into messages (group_jid, sender_id, content) "
-                  "values (%(g1)s, %(employee)s, 'direct write')",
+        "values (%(g1)s, %(employee)s, 'direct write')",
         "update": "update messages set status = 'read' where id = %(m1)s",
         "delete": "delete from messages where id = %(m1)s",
     },
@@ -100,10 +100,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
 }
 
 CASES = [
-    (persona, table, action)
-    for persona in PERSONAS
-    for table in STATEMENTS
-    for action in _ACTIONS
+    (persona, table, action) for persona in PERSONAS for table in STATEMENTS for action in _ACTIONS
 ]
 
 
@@ -146,7 +143,8 @@ def test_admin_flag_in_user_metadata_grants_nothing(conn, data):
     with acting_as(conn, "impostor", data):
         sessions = conn.execute("select count(*) from whatsapp_sessions").fetchone()[0]
         updated = conn.execute(
-            "update whatsapp_groups set name = 'x' where jid = %s", [G1]).rowcount
+            "update whatsapp_groups set name = 'x' where jid = %s", [G1]
+        ).rowcount
     assert (sessions, updated) == (0, 0)
 
 
@@ -158,5 +156,6 @@ def test_a_group_with_messages_cannot_be_deleted_even_by_an_admin(conn, data):
 
 def test_poller_cannot_change_message_content_or_sender(conn, data):
     for column in ("content", "sender_id", "group_jid"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, "wa_poller", data):
+        denied = pytest.raises(psycopg.errors.InsufficientPrivilege)
+        with denied, acting_as(conn, "wa_poller", data):
             conn.execute(f"update messages set {column} = {column} where id = %s", [data.m1])

@@ -200,8 +200,9 @@ def test_100_racing_calls_with_one_client_msg_id_make_one_row_and_one_job(db_url
                 c.execute("select set_config('request.jwt.claims', %s, true)", [claims])
                 barrier.wait(timeout=60)
                 ids.append(
-                    c.execute("select id from send_message(%s, 'yarış', %s)", [G1, key])
-                    .fetchone()[0]
+                    c.execute("select id from send_message(%s, 'yarış', %s)", [G1, key]).fetchone()[
+                        0
+                    ]
                 )
         except BaseException as exc:
             errors.append(exc)
@@ -214,7 +215,8 @@ def test_100_racing_calls_with_one_client_msg_id_make_one_row_and_one_job(db_url
     assert errors == []
     assert len(ids) == callers
     assert len(set(ids)) == 1
-    rows = conn.execute(
-        "select count(*) from messages where client_msg_id = %s", [key]).fetchone()[0]
+    rows = conn.execute("select count(*) from messages where client_msg_id = %s", [key]).fetchone()[
+        0
+    ]
     assert rows == 1
     assert len(queued(conn, ids[0])) == 1

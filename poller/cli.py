@@ -5,6 +5,7 @@ import logging
 import sys
 
 from poller.bootstrap import bootstrap
+from poller.demo import run_demo
 from poller.errors import ConfigError, PollerError
 from poller.settings import Settings
 
@@ -26,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         "--poller-password",
         help="also enable LOGIN for the wa_poller role with this password",
     )
+    demo = commands.add_parser(
+        "demo", help="embedded PostgreSQL, bootstrap, demo data, messages through send_message"
+    )
+    demo.add_argument("--database-url", help="use this database instead of an embedded one")
     return parser
 
 
@@ -42,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
             for line in bootstrap(url, args.poller_password).lines():
                 print(line)
+        elif args.command == "demo":
+            run_demo(args.database_url)
     except PollerError as exc:
         print(f"wa-poller: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

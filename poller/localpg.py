@@ -5,6 +5,7 @@ PostgreSQL refuses to run as root, so when we are root the server runs as the `p
 socket inside its folder; nothing outside the folder is touched.
 """
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from poller.errors import ConfigError, DatabaseUnavailable
+from poller.resources import PROJECT_ROOT
 
 
 def pg_bindir() -> Path:
@@ -45,6 +47,20 @@ def server_options(max_connections: int = 200) -> str:
     if "output_plugin_libraries" in described:
         options += " -c output_plugin_libraries=pgoutput,wal2json"
     return options
+
+
+def default_folder(name: str) -> Path:
+    """PROJECT/.local/<name>, or a folder under /var/tmp when we are root and the postgres
+    user cannot reach the project (a checkout inside root's home, say)."""
+    folder = PROJECT_ROOT / ".local" / name
+    if os.geteuid() == 0:
+        reachable = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(PROJECT_ROOT)], check=False
+        )
+        if reachable.returncode != 0:
+            tag = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
+            folder = Path("/var/tmp") / f"wa-outbox-{tag}" / name
+    return folder
 
 
 def free_port() -> int:

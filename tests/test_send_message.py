@@ -46,6 +46,31 @@ def test_success_writes_pending_row_and_one_queue_message(conn, data):
     assert queued(conn, row["id"]) == [({"message_id": str(row["id"])}, {"x-pgmq-group": G1})]
 
 
+def test_the_enqueued_row_is_what_pgmq_reads(conn, data):
+    """send_message writes the queue row itself (a static INSERT instead of pgmq.send's dynamic
+    one): pin the table's shape and check that pgmq's own read returns the message."""
+    columns = conn.execute(
+        "select column_name from information_schema.columns "
+        "where table_schema = 'pgmq' and table_name = 'q_whatsapp_outbound' "
+        "order by ordinal_position"
+    ).fetchall()
+    assert [c[0] for c in columns] == [
+        "msg_id",
+        "read_ct",
+        "enqueued_at",
+        "last_read_at",
+        "vt",
+        "message",
+        "headers",
+    ]
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    row = send_as(conn, "employee", data, G1, "okunur mu?")
+    read = conn.execute(
+        "select read_ct, message, headers from pgmq.read('whatsapp_outbound', 30, 10)"
+    ).fetchall()
+    assert read == [(1, {"message_id": str(row["id"])}, {"x-pgmq-group": G1})]
+
+
 def test_admin_may_send_to_any_active_group(conn, data):
     assert send_as(conn, "admin", data, G_UNASSIGNED, "duyuru")["status"] == "pending"
 

@@ -89,10 +89,12 @@ create table public.messages (
   updated_at timestamptz not null default now(),
   sent_at timestamptz,
   delivered_at timestamptz,
-  read_at timestamptz,
-  -- Idempotency key: one row per (sender, client_msg_id); NULL keys never collide.
-  constraint messages_sender_client_msg_id_key unique (sender_id, client_msg_id)
+  read_at timestamptz
 );
+-- Idempotency key: one row per (sender, client_msg_id). Partial, so calls without a key do not
+-- pay for an index entry.
+create unique index messages_sender_client_msg_id_key on public.messages (sender_id, client_msg_id)
+  where client_msg_id is not null;
 create index messages_group_jid_created_at_idx on public.messages (group_jid, created_at);
 create index messages_wa_message_id_idx on public.messages (wa_message_id) where wa_message_id is not null;
 create index messages_unfinished_idx on public.messages (group_jid, status)

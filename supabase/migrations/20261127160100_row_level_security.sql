@@ -3,32 +3,41 @@
 -- never trusted). End users never write a message row or a status: only send_message does.
 
 -- Helpers live in `private`, which the API does not expose. They are `stable` so a policy
--- evaluates them once per statement (wrapped in a sub-select), and the two that read
--- membership are SECURITY DEFINER so policies do not recurse through each other's RLS.
+-- evaluates them once per statement (wrapped in a sub-select), plpgsql so their plans are cached
+-- (a SQL function with a SET clause is never inlined and is planned again on every call), and
+-- the two that read membership are SECURITY DEFINER so policies do not recurse through RLS.
 create function private.is_admin() returns boolean
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-  select coalesce((select auth.jwt()) -> 'app_metadata' ->> 'role', '') = 'admin'
+begin
+  return coalesce((select auth.jwt()) -> 'app_metadata' ->> 'role', '') = 'admin';
+end
 $$;
 
 create function private.my_employee_group_ids() returns setof uuid
-language sql stable security definer
+language plpgsql stable security definer
 set search_path = ''
 as $$
-  select m.employee_group_id
-  from public.employee_group_members m
-  where m.user_id = (select auth.uid())
+begin
+  return query
+    select m.employee_group_id
+    from public.employee_group_members m
+    where m.user_id = (select auth.uid());
+end
 $$;
 
 create function private.my_group_jids() returns setof varchar
-language sql stable security definer
+language plpgsql stable security definer
 set search_path = ''
 as $$
-  select ga.group_jid
-  from public.group_assignments ga
-  join public.employee_group_members m on m.employee_group_id = ga.employee_group_id
-  where m.user_id = (select auth.uid())
+begin
+  return query
+    select ga.group_jid
+    from public.group_assignments ga
+    join public.employee_group_members m on m.employee_group_id = ga.employee_group_id
+    where m.user_id = (select auth.uid());
+end
 $$;
 
 revoke execute on all functions in schema private from public;

@@ -9,7 +9,8 @@ select is(
    where relnamespace = 'public'::regnamespace and relkind = 'r' and not relrowsecurity),
   null, 'every table in public has row level security on');
 select col_is_pk('public', 'whatsapp_groups', 'jid', 'groups are keyed by their WhatsApp JID');
-select has_unique('public', 'messages', 'client_msg_id is unique per sender');
+select index_is_unique('public', 'messages', 'messages_sender_client_msg_id_key',
+  'client_msg_id is unique per sender');
 select is_definer('private', 'send_message', array['text', 'text', 'uuid'],
   'the RPC body runs as its owner');
 select isnt_definer('public', 'send_message', array['text', 'text', 'uuid'],

@@ -56,9 +56,13 @@ def bootstrap(database_url: str, poller_password: str | None = None) -> Bootstra
             report.pgmq_installed = _install_pgmq(conn)
         report.migrations_applied = _apply_migrations(conn)
         if poller_password is not None:
+            # Hashed here, so the password itself never reaches the server's logs.
+            hashed = conn.pgconn.encrypt_password(
+                poller_password.encode(), b"wa_poller", b"scram-sha-256"
+            )
             conn.execute(
                 sql.SQL("alter role wa_poller with login password {}").format(
-                    sql.Literal(poller_password)
+                    sql.Literal(hashed.decode())
                 )
             )
         conn.execute("select pg_advisory_unlock(hashtext(%s))", [_LOCK_KEY])

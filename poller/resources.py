@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,12 @@ class Migration:
 def load_sql(name: str) -> str:
     """Return the text of sql/<name>.sql."""
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+@cache
+def query(name: str) -> str:
+    """A named query the poller runs: sql/queries/<name>.sql, read once."""
+    return load_sql(f"queries/{name}")
 
 
 def migrations() -> list[Migration]:

@@ -1,5 +1,8 @@
 """Settings from the environment (prefix WA_); every one is documented in .env.example."""
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,3 +14,44 @@ class Settings(BaseSettings):
         default=None, description="PostgreSQL URL; the poller connects as the wa_poller role."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    transport: Literal["simulated", "neonize"] = "simulated"
+
+    # Dispatch
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    visibility_timeout: int = Field(default=30, ge=2, description="queue lease, seconds")
+    poll_interval: float = Field(default=1.0, gt=0, description="fallback poll, seconds")
+    max_inflight: int = Field(default=2000, ge=1, description="messages held in memory at once")
+    flush_interval: float = Field(default=0.005, gt=0, description="status write batching, s")
+
+    # Failure policy
+    max_attempts: int = Field(default=5, ge=1)
+    retry_initial: float = Field(default=2.0, gt=0, description="first retry delay, seconds")
+    retry_max: float = Field(default=300.0, gt=0, description="retry delay cap, seconds")
+    park_interval: float = Field(
+        default=5.0, gt=0, description="recheck of a message whose session is down, seconds"
+    )
+    message_ttl: float = Field(default=86_400.0, gt=0, description="unsent → failed, seconds")
+
+    # Pacing (per session)
+    rate_per_minute: float = Field(default=20.0, ge=0, description="0 = unlimited")
+    rate_burst: int = Field(default=1, ge=1)
+    rate_jitter: float = Field(default=0.3, ge=0, le=1)
+
+    # Life
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+
+    # Simulated WhatsApp
+    sim_latency_ms: float = Field(default=50.0, ge=0)
+    sim_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    sim_failure_kind: Literal["transient", "permanent"] = "transient"
+    sim_delivered_after_ms: float = Field(default=300.0, ge=0)
+    sim_read_after_ms: float = Field(default=1500.0, ge=0, description="0 = never read")
+    sim_seed: int = 1
+    sim_log: Path | None = Field(default=None, description="JSON lines of every accepted send")
+    sim_control_dir: Path | None = Field(
+        default=None, description="a file 'disconnected' here takes the sessions offline"
+    )
+    sim_groups_file: Path | None = Field(
+        default=None, description="JSON list of groups; unset: any group JID is accepted"
+    )

@@ -198,3 +198,39 @@ def test_every_migration_is_recorded_as_the_supabase_cli_records_it(conn):
         conn, "select version, name from supabase_migrations.schema_migrations order by version"
     )
     assert recorded == [(m.version, m.name) for m in migrations()]
+
+
+def test_the_api_roles_may_execute_only_the_known_private_functions(conn):
+    """USAGE on `private` is granted for the RLS helpers; a new function there would be callable
+    by every signed-in user unless revoked, so the list is pinned here."""
+    callable_ = rows(
+        conn,
+        "select p.proname::text from pg_proc p where p.pronamespace = 'private'::regnamespace "
+        "and (has_function_privilege('authenticated', p.oid, 'execute') "
+        "  or has_function_privilege('anon', p.oid, 'execute')) order by 1",
+    )
+    assert [r[0] for r in callable_] == [
+        "is_admin",
+        "my_employee_group_ids",
+        "my_group_jids",
+        "send_message",
+    ]
+
+
+def test_a_group_with_messages_cannot_be_rekeyed(conn, data):
+    from tests.personas import G1, acting_as
+
+    for persona in ("admin", "service_role"):
+        with pytest.raises(psycopg.errors.ForeignKeyViolation), acting_as(conn, persona, data):
+            conn.execute("update whatsapp_groups set jid = '999@g.us' where jid = %s", [G1])
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, "wa_poller", data):
+        conn.execute("update whatsapp_groups set jid = '999@g.us' where jid = %s", [G1])
+
+
+def test_wa_poller_cannot_rewrite_a_queued_payload(conn, data):
+    from tests.personas import G1, send_as
+
+    send_as(conn, "employee", data, G1, "dokunulmaz")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("set local role wa_poller")
+        conn.execute("update pgmq.q_whatsapp_outbound set message = '{}', headers = '{}'")

@@ -65,18 +65,19 @@ create index employee_group_members_user_id_idx on public.employee_group_members
 
 create table public.group_assignments (
   id uuid primary key default gen_random_uuid(),
-  group_jid varchar(64) not null references public.whatsapp_groups (jid) on delete cascade on update cascade,
+  group_jid varchar(64) not null references public.whatsapp_groups (jid) on delete cascade,
   employee_group_id uuid not null references public.employee_groups (id) on delete cascade,
   created_at timestamptz not null default now(),
   constraint group_assignments_unique unique (group_jid, employee_group_id)
 );
 create index group_assignments_employee_group_id_idx on public.group_assignments (employee_group_id);
 
--- The audit log of every message, and the row whose status the browser watches.
+-- The audit log of every message, and the row whose status the browser watches. Its group
+-- reference has no cascade: a group with messages can be neither deleted nor re-keyed.
 create table public.messages (
   id uuid primary key default gen_random_uuid(),
   wa_message_id varchar(128),
-  group_jid varchar(64) not null references public.whatsapp_groups (jid) on update cascade,
+  group_jid varchar(64) not null references public.whatsapp_groups (jid),
   sender_id uuid references auth.users (id) on delete set null,
   content text not null
     constraint messages_content_not_blank check (content ~ '[^\s\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]')

@@ -7,6 +7,13 @@ begin
   if to_regclass('pgmq.meta') is null then
     create extension if not exists pgmq;
   end if;
+  -- Message headers (the per-group key) and the grouped reads came with pgmq 1.8; an older
+  -- extension (some hosted images) must be upgraded first.
+  if to_regprocedure('pgmq.read_grouped_rr(text, integer, integer)') is null then
+    raise exception 'pgmq is too old: this project needs pgmq 1.8 or newer (headers and grouped reads)'
+      using errcode = '0A000',
+            hint = 'Upgrade the pgmq extension (alter extension pgmq update), or run wa-poller db bootstrap on a database without it.';
+  end if;
   if not exists (select 1 from pgmq.meta where queue_name = 'whatsapp_outbound') then
     perform pgmq.create('whatsapp_outbound');
   end if;

@@ -15,7 +15,9 @@ grant update (status, wa_message_id, error_log, attempts, sent_at, delivered_at,
   on public.messages to wa_poller;
 grant update (phone_number, status, status_reason, qr_code, config, updated_at)
   on public.whatsapp_sessions to wa_poller;
-grant insert, update on public.whatsapp_groups to wa_poller;
+grant insert on public.whatsapp_groups to wa_poller;
+grant update (name, session_id, participants, is_active, is_readonly, readonly_reason, last_synced)
+  on public.whatsapp_groups to wa_poller;
 
 create policy "The poller can read messages" on public.messages
   for select to wa_poller using (true);
@@ -34,7 +36,10 @@ create policy "The poller can update groups" on public.whatsapp_groups
 
 -- The queue: read (plain and grouped), extend visibility, archive, delete, metrics.
 grant usage on schema pgmq to wa_poller;
-grant select, update, delete on pgmq.q_whatsapp_outbound to wa_poller;
+-- Only the lease columns: the poller can never rewrite a queued payload or its group header.
+grant select, delete on pgmq.q_whatsapp_outbound to wa_poller;
+grant update (vt, read_ct, last_read_at) on pgmq.q_whatsapp_outbound to wa_poller;
+-- pgmq.archive runs as its caller and moves the row into the archive table.
 grant select, insert on pgmq.a_whatsapp_outbound to wa_poller;
 grant select on pgmq.q_whatsapp_outbound_msg_id_seq, pgmq.meta to wa_poller;
 do $$

@@ -1,0 +1,105 @@
+"""The transport interface: a per-session client that connects, sends text to a group and
+reports connection changes and receipts to an event sink."""
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from poller.errors import PollerError
+
+
+class SendError(PollerError):
+    """A send that WhatsApp did not accept."""
+
+
+class TransientSendError(SendError):
+    """Worth retrying: a timeout, a server hiccup, a rate limit."""
+
+
+class PermanentSendError(SendError):
+    """Retrying cannot help: not a participant, group gone, message rejected."""
+
+
+class NotConnected(SendError):
+    """The session is not connected; nothing was attempted (no attempt is counted)."""
+
+
+class ConnectionState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class ReceiptKind(StrEnum):
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    wa_message_id: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class Receipt:
+    session_id: uuid.UUID
+    wa_message_ids: tuple[str, ...]
+    kind: ReceiptKind
+    timestamp: datetime
+    participant: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    jid: str
+    name: str
+    participants: list[dict[str, object]] = field(default_factory=list)
+    announce_only: bool = False
+
+
+class EventSink(Protocol):
+    """Where a client reports what happens; called on the event loop's thread."""
+
+    def connection_changed(
+        self, session_id: uuid.UUID, state: ConnectionState, reason: str | None
+    ) -> None: ...
+
+    def receipt(self, receipt: Receipt) -> None: ...
+
+
+class SessionClient(ABC):
+    """One WhatsApp account (a `whatsapp_sessions` row)."""
+
+    session_id: uuid.UUID
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool: ...
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin connecting (and keep reconnecting); returns at once."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+        """Send; raises NotConnected, TransientSendError or PermanentSendError.
+        `message_id` is ours, for logs and the simulation; WhatsApp chooses its own id."""
+
+    @abstractmethod
+    async def joined_groups(self) -> list[GroupInfo]: ...
+
+
+class Transport(ABC):
+    @abstractmethod
+    def client(self, session_id: uuid.UUID, sink: EventSink) -> SessionClient: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what the transport holds (files, threads)."""

@@ -1,0 +1,161 @@
+"""A deterministic stand-in for WhatsApp: send latency, failures (transient or permanent) from a
+seeded generator, delivered and read receipts after set delays, disconnects on demand (a file
+named `disconnected` in the control folder), and a configurable group list.
+
+Every accepted send is appended to a JSON-lines log with one unbuffered write, so the log holds
+exactly what "WhatsApp" accepted even when the poller is killed a moment later.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from poller.settings import Settings
+from poller.transports.base import (
+    ConnectionState,
+    EventSink,
+    GroupInfo,
+    NotConnected,
+    PermanentSendError,
+    Receipt,
+    ReceiptKind,
+    SendResult,
+    SessionClient,
+    TransientSendError,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+_CONTROL_POLL = 0.1  # seconds between looks at the control folder
+
+
+class SimulatedTransport(Transport):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._log_fd: int | None = None
+        if settings.sim_log is not None:
+            self._log_fd = os.open(settings.sim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.groups: dict[str, GroupInfo] | None = None
+        if settings.sim_groups_file is not None:
+            raw = json.loads(Path(settings.sim_groups_file).read_text(encoding="utf-8"))
+            self.groups = {
+                g["jid"]: GroupInfo(
+                    jid=g["jid"],
+                    name=g.get("name", g["jid"]),
+                    participants=g.get("participants", []),
+                    announce_only=bool(g.get("announce_only", False)),
+                )
+                for g in raw
+            }
+
+    def client(self, session_id: uuid.UUID, sink: EventSink) -> "SimulatedClient":
+        return SimulatedClient(self, session_id, sink)
+
+    def record(self, entry: dict[str, object]) -> None:
+        if self._log_fd is not None:
+            os.write(self._log_fd, (json.dumps(entry) + "\n").encode())
+
+    async def close(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+
+class SimulatedClient(SessionClient):
+    def __init__(
+        self, transport: SimulatedTransport, session_id: uuid.UUID, sink: EventSink
+    ) -> None:
+        self.transport = transport
+        self.settings = transport.settings
+        self.session_id = session_id
+        self.sink = sink
+        self._rng = random.Random(f"{self.settings.sim_seed}:{session_id}")
+        self._connected = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._receipts: set[asyncio.TimerHandle] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _offline_requested(self) -> bool:
+        control = self.settings.sim_control_dir
+        return control is not None and (Path(control) / "disconnected").exists()
+
+    def _set(self, state: ConnectionState, reason: str | None) -> None:
+        self._connected = state is ConnectionState.CONNECTED
+        self.sink.connection_changed(self.session_id, state, reason)
+
+    async def start(self) -> None:
+        self._set(ConnectionState.CONNECTING, None)
+        self._watcher = asyncio.create_task(self._watch(), name=f"sim-watch-{self.session_id}")
+
+    async def _watch(self) -> None:
+        while True:
+            offline = self._offline_requested()
+            if offline and self._connected:
+                self._set(ConnectionState.DISCONNECTED, "simulated disconnect")
+            elif not offline and not self._connected:
+                self._set(ConnectionState.CONNECTED, None)
+            await asyncio.sleep(_CONTROL_POLL)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for handle in self._receipts:
+            handle.cancel()
+        self._connected = False
+
+    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+        if not self._connected:
+            raise NotConnected("session is not connected")
+        groups = self.transport.groups
+        if groups is not None and group_jid not in groups:
+            raise PermanentSendError(f"group {group_jid} not found")
+        fails = self._rng.random() < self.settings.sim_failure_rate
+        if self.settings.sim_latency_ms:
+            await asyncio.sleep(self.settings.sim_latency_ms / 1000)
+        if not self._connected:  # dropped before WhatsApp took it: nothing went out
+            raise NotConnected("connection lost before the send completed")
+        if fails:
+            if self.settings.sim_failure_kind == "permanent":
+                raise PermanentSendError("simulated rejection")
+            raise TransientSendError("simulated timeout")
+        wa_id = f"3EB0{self._rng.getrandbits(64):016X}"
+        now = datetime.now(UTC)
+        self.transport.record(
+            {
+                "t": time.time(),
+                "session": str(self.session_id),
+                "group": group_jid,
+                "message_id": str(message_id),
+                "wa_message_id": wa_id,
+            }
+        )
+        self._schedule(wa_id, ReceiptKind.DELIVERED, self.settings.sim_delivered_after_ms)
+        if self.settings.sim_read_after_ms:
+            self._schedule(wa_id, ReceiptKind.READ, self.settings.sim_read_after_ms)
+        return SendResult(wa_message_id=wa_id, timestamp=now)
+
+    def _schedule(self, wa_id: str, kind: ReceiptKind, after_ms: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._receipts.discard(handle)
+            receipt = Receipt(self.session_id, (wa_id,), kind, datetime.now(UTC))
+            self.sink.receipt(receipt)
+
+        handle = loop.call_later(after_ms / 1000, fire)
+        self._receipts.add(handle)
+
+    async def joined_groups(self) -> list[GroupInfo]:
+        if not self._connected:
+            raise NotConnected("session is not connected")
+        return list((self.transport.groups or {}).values())

@@ -1,0 +1,27 @@
+-- One round trip: read a batch with per-group FIFO, load what sending needs, and mark `sending`
+-- the messages that can go now (their session is connected, the group is open, not expired).
+-- read_grouped_rr only offers a group while its oldest message is visible, so a later message
+-- never overtakes one that is in flight or waiting for a retry.
+with batch as (
+  select q.msg_id, (q.message ->> 'message_id')::uuid as message_id
+  from pgmq.read_grouped_rr('whatsapp_outbound', %(vt)s, %(qty)s) q
+), found as (
+  select b.msg_id, b.message_id, m.group_jid, m.content, m.status::text as status, m.attempts,
+         m.created_at, g.session_id, g.is_active, g.is_readonly, g.readonly_reason
+  from batch b
+  left join public.messages m on m.id = b.message_id
+  left join public.whatsapp_groups g on g.jid = m.group_jid
+), claimed as (
+  update public.messages m
+  set status = 'sending'
+  from found f
+  where m.id = f.message_id
+    and f.status in ('pending', 'sending')
+    and f.session_id = any(%(sessions)s::uuid[])
+    and f.is_active and not f.is_readonly
+    and f.created_at > now() - make_interval(secs => %(ttl)s)
+  returning m.id
+)
+select f.*, f.message_id in (select id from claimed) as claimed
+from found f
+order by f.msg_id

@@ -1,0 +1,3 @@
+update public.whatsapp_sessions
+set status = %(status)s::public.session_status, status_reason = %(reason)s, updated_at = now()
+where id = %(id)s

@@ -1,0 +1,37 @@
+-- What the poller's dispatch relies on: a wake-up on every enqueue, and statuses that only
+-- move forward whatever writes them.
+
+-- pgmq's insert notification (channel pgmq.q_whatsapp_outbound.INSERT), at most one per 100 ms:
+-- the poller also polls, so a throttled-away notification only costs latency, never a message.
+do $$
+begin
+  if not exists (select 1 from pgmq.notify_insert_throttle where queue_name = 'whatsapp_outbound') then
+    perform pgmq.enable_notify_insert('whatsapp_outbound', 100);
+  end if;
+end
+$$;
+
+-- pending → sending → sent → delivered → read, and pending/sending → failed. The one step back
+-- allowed is sending → pending: a send that was not attempted or will be retried.
+create function private.enforce_status_order() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  rank_old int := array_position(array['pending', 'sending', 'sent', 'delivered', 'read'], old.status::text);
+  rank_new int := array_position(array['pending', 'sending', 'sent', 'delivered', 'read'], new.status::text);
+begin
+  if new.status = old.status
+     or (old.status = 'sending' and new.status = 'pending')
+     or (new.status = 'failed' and old.status in ('pending', 'sending'))
+     or (old.status <> 'failed' and new.status <> 'failed' and rank_new > rank_old) then
+    return new;
+  end if;
+  raise exception 'message % cannot go from % to %', old.id, old.status, new.status
+    using errcode = '23514', hint = 'Statuses only move forward.';
+end
+$$;
+revoke execute on function private.enforce_status_order() from public;
+
+create trigger messages_status_order before update of status on public.messages
+  for each row execute function private.enforce_status_order();

@@ -1,10 +1,12 @@
 """The `wa-poller` command line."""
 
 import argparse
+import asyncio
 import logging
 import sys
 
 from poller.bootstrap import bootstrap
+from poller.daemon import run_daemon
 from poller.demo import run_demo
 from poller.errors import ConfigError, PollerError
 from poller.settings import Settings
@@ -27,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         "--poller-password",
         help="also enable LOGIN for the wa_poller role with this password",
     )
+    run = commands.add_parser("run", help="the poller daemon")
+    run.add_argument(
+        "--transport", choices=["simulated", "neonize"], help="default: $WA_TRANSPORT or simulated"
+    )
+    run.add_argument("--database-url", help="default: $WA_DATABASE_URL")
+
     demo = commands.add_parser(
         "demo", help="embedded PostgreSQL, bootstrap, demo data, messages through send_message"
     )
@@ -47,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
             for line in bootstrap(url, args.poller_password).lines():
                 print(line)
+        elif args.command == "run":
+            overrides = {
+                k: v
+                for k, v in (("transport", args.transport), ("database_url", args.database_url))
+                if v
+            }
+            asyncio.run(run_daemon(settings.model_copy(update=overrides)))
         elif args.command == "demo":
             run_demo(args.database_url)
     except PollerError as exc:

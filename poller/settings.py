@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=30, ge=2, description="queue lease, seconds")
     poll_interval: float = Field(default=1.0, gt=0, description="fallback poll, seconds")
     max_inflight: int = Field(default=2000, ge=1, description="messages held in memory at once")
+    session_inflight: int = Field(
+        default=100, ge=1, description="of which at most this many for one session"
+    )
     flush_interval: float = Field(default=0.005, gt=0, description="status write batching, s")
 
     # Failure policy
@@ -50,7 +53,8 @@ class Settings(BaseSettings):
     sim_seed: int = 1
     sim_log: Path | None = Field(default=None, description="JSON lines of every accepted send")
     sim_control_dir: Path | None = Field(
-        default=None, description="a file 'disconnected' here takes the sessions offline"
+        default=None,
+        description="file 'disconnected' (or 'disconnected-<session id>') here: offline",
     )
     sim_groups_file: Path | None = Field(
         default=None, description="JSON list of groups; unset: any group JID is accepted"

@@ -19,11 +19,12 @@ from tests.personas import Seed, seed
 
 PG_CTL = str(Path(__file__).with_name("pg_ctl_unprivileged"))
 TEMPLATE = "wa_template"
+POLLER_PASSWORD = "wa_poller_test"
 _clone_numbers = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgreSQLExecutor]:
+def start_server() -> PostgreSQLExecutor:
+    """A new PostgreSQL server of the suite's own, in a fresh folder, on a free port."""
     folder = Path(tempfile.mkdtemp(prefix="wa-test-pg-"))
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
@@ -42,6 +43,12 @@ def pg_server() -> Iterator[PostgreSQLExecutor]:
         postgres_options=server_options(max_connections=300) + " -c fsync=off",
     )
     executor.start()
+    return executor
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgreSQLExecutor]:
+    executor = start_server()
     yield executor
     executor.stop()
 
@@ -50,12 +57,17 @@ def server_url(server: PostgreSQLExecutor, dbname: str = "postgres") -> str:
     return f"postgresql://postgres@{server.host}:{server.port}/{dbname}"
 
 
+def poller_url(superuser_url: str) -> str:
+    """The same database, as the poller's least-privilege role."""
+    return superuser_url.replace("postgres@", f"wa_poller:{POLLER_PASSWORD}@", 1)
+
+
 @pytest.fixture(scope="session")
 def template_url(pg_server: PostgreSQLExecutor) -> str:
     with psycopg.connect(server_url(pg_server), autocommit=True) as conn:
         conn.execute(f"create database {TEMPLATE}")
     url = server_url(pg_server, TEMPLATE)
-    bootstrap(url)
+    bootstrap(url, poller_password=POLLER_PASSWORD)
     return url
 
 

@@ -1,6 +1,6 @@
 """A deterministic stand-in for WhatsApp: send latency, failures (transient or permanent) from a
 seeded generator, delivered and read receipts after set delays, disconnects on demand (a file
-named `disconnected` in the control folder), and a configurable group list.
+named `disconnected`, or `disconnected-<session id>`, in the control folder), and a configurable group list.
 
 Every accepted send is appended to a JSON-lines log with one unbuffered write, so the log holds
 exactly what "WhatsApp" accepted even when the poller is killed a moment later.
@@ -87,7 +87,11 @@ class SimulatedClient(SessionClient):
 
     def _offline_requested(self) -> bool:
         control = self.settings.sim_control_dir
-        return control is not None and (Path(control) / "disconnected").exists()
+        if control is None:
+            return False
+        return (Path(control) / "disconnected").exists() or (
+            Path(control) / f"disconnected-{self.session_id}"
+        ).exists()
 
     def _set(self, state: ConnectionState, reason: str | None) -> None:
         self._connected = state is ConnectionState.CONNECTED

@@ -6,4 +6,4 @@ with retried as (
   returning id
 )
 select msg_id
-from pgmq.set_vt('whatsapp_outbound', array[%(msg_id)s]::bigint[], %(at)s::timestamptz)
+from pgmq.set_vt('whatsapp_outbound', array[%(msg_id)s]::bigint[], clock_timestamp() + make_interval(secs => %(delay)s))

@@ -1,9 +1,9 @@
 -- Give messages back without counting an attempt (session down, shutdown, over capacity):
--- pending again, and visible to any poller at `at`.
+-- pending again, and visible to any poller after `delay` seconds.
 with released as (
   update public.messages
   set status = 'pending'
   where id = any(%(ids)s::uuid[]) and status = 'sending'
   returning id
 )
-select msg_id from pgmq.set_vt('whatsapp_outbound', %(msg_ids)s::bigint[], %(at)s::timestamptz)
+select msg_id from pgmq.set_vt('whatsapp_outbound', %(msg_ids)s::bigint[], clock_timestamp() + make_interval(secs => %(delay)s))

@@ -1,0 +1,396 @@
+"""Dispatch: queue → WhatsApp with per-group FIFO, per-session pacing, retries through the
+queue's visibility timeout, and a lease on everything held in memory.
+
+Delivery is at least once. A message's queue row is archived in the same statement that writes
+its `sent` status, so a crash can only repeat a send whose acknowledgement had not been written
+yet (the messages in flight at that moment); everything else is either still leased (and comes
+back when the lease ends) or final.
+
+Per-group order: pgmq's read_grouped_rr only offers a group while its oldest message is visible,
+and a lane (one per group) sends its messages one after another and stops at the first transient
+failure, releasing the rest behind it. So a later message never overtakes an earlier one, across
+retries, restarts and pollers.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from poller.db import Database, Row
+from poller.errors import ConfigError
+from poller.receipts import Receipts
+from poller.sessions import SessionManager
+from poller.settings import Settings
+from poller.transports.base import (
+    NotConnected,
+    PermanentSendError,
+    SendResult,
+    TransientSendError,
+)
+
+log = logging.getLogger(__name__)
+
+REQUIRED_PGMQ_FUNCTIONS = ("read_grouped_rr", "set_vt", "archive")
+FINAL_STATUSES = {"sent", "delivered", "read", "failed"}
+# After a batch, poll fast for a while: the insert notification is throttled, so a message
+# that lands inside the throttle window would otherwise wait for the next one.
+LINGER_SECONDS = 0.1
+LINGER_POLL = 0.002
+
+
+@dataclass
+class Job:
+    msg_id: int
+    message_id: uuid.UUID
+    group_jid: str
+    session_id: uuid.UUID
+    content: str
+    attempts: int
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    parked: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self, db: Database, sessions: SessionManager, receipts: Receipts, settings: Settings
+    ) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.receipts = receipts
+        self.settings = settings
+        self.stats = Stats()
+        self.wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._inflight: dict[int, Job] = {}
+        self._queues: dict[str, deque[Job]] = {}
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._parked: defaultdict[uuid.UUID | None, set[int]] = defaultdict(set)
+        self._sent: list[tuple[Job, SendResult]] = []
+        self._flush_wake = asyncio.Event()
+        self._flushing: asyncio.Task[None] | None = None
+        self._backoff = wait_exponential_jitter(
+            multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
+        )
+        sessions.on_connected(self._unpark)
+
+    async def check_pgmq(self) -> None:
+        rows = await self.db.fetch("pgmq_functions", {"names": list(REQUIRED_PGMQ_FUNCTIONS)})
+        missing = set(REQUIRED_PGMQ_FUNCTIONS) - {r["proname"] for r in rows}
+        if missing:
+            raise ConfigError(
+                f"pgmq lacks {', '.join(sorted(missing))}: pgmq 1.8 or newer is needed "
+                "(run wa-poller db bootstrap, or upgrade the extension)"
+            )
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read and dispatch until `stop`; then let the lanes finish or hand their work back."""
+        self._stop = stop
+        flusher = asyncio.create_task(self._flush_loop(), name="flush")
+        leases = asyncio.create_task(self._lease_loop(), name="leases")
+        try:
+            await self._read_loop()
+        finally:
+            leases.cancel()
+            await self._drain()
+            flusher.cancel()
+
+    async def _read_loop(self) -> None:
+        linger_until = 0.0
+        while not self._stop.is_set():
+            room = self.settings.max_inflight - len(self._inflight)
+            qty = min(self.settings.batch_size, room)
+            got = 0
+            if qty > 0:
+                rows = await self.db.fetch(
+                    "claim_batch",
+                    {
+                        "vt": self.settings.visibility_timeout,
+                        "qty": qty,
+                        "sessions": self.sessions.connected_ids(),
+                        "ttl": self.settings.message_ttl,
+                    },
+                )
+                got = len(rows)
+                if rows:
+                    await self._admit(rows)
+                if got >= qty:
+                    continue  # a full batch: more is probably waiting
+            now = time.monotonic()
+            if got:
+                linger_until = now + LINGER_SECONDS
+            timeout = LINGER_POLL if now < linger_until else self.settings.poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+            self.wake.clear()
+
+    async def _admit(self, rows: list[Row]) -> None:
+        now = datetime.now(UTC)
+        ttl = timedelta(seconds=self.settings.message_ttl)
+        archive: list[int] = []
+        failed: list[tuple[Row, str]] = []
+        park: defaultdict[uuid.UUID | None, list[Row]] = defaultdict(list)
+        over_cap: list[Job] = []
+        held = defaultdict(int)
+        for job in self._inflight.values():
+            held[job.session_id] += 1
+        for row in rows:
+            if row["msg_id"] in self._inflight:
+                continue  # ours already; the read only renewed its lease
+            if row["claimed"]:
+                job = Job(
+                    row["msg_id"],
+                    row["message_id"],
+                    row["group_jid"],
+                    row["session_id"],
+                    row["content"],
+                    row["attempts"],
+                )
+                if held[job.session_id] >= self.settings.session_inflight:
+                    over_cap.append(job)  # a slow session must not fill the poller's memory
+                    continue
+                held[job.session_id] += 1
+                self._inflight[job.msg_id] = job
+                self._queues.setdefault(job.group_jid, deque()).append(job)
+            elif row["status"] is None:
+                log.warning(
+                    "queue message %s: message %s does not exist; archived",
+                    row["msg_id"],
+                    row["message_id"],
+                )
+                archive.append(row["msg_id"])
+            elif row["status"] in FINAL_STATUSES:
+                archive.append(row["msg_id"])
+            elif row["created_at"] < now - ttl:
+                failed.append(
+                    (
+                        row,
+                        f"expired: not sent within {self.settings.message_ttl:g} s "
+                        "(its WhatsApp session was not connected)",
+                    )
+                )
+            elif not row["is_active"]:
+                failed.append((row, "group is inactive: the WhatsApp account left it"))
+            elif row["is_readonly"]:
+                failed.append((row, f"group is read-only: {row['readonly_reason']}"))
+            else:
+                park[row["session_id"]].append(row)
+        if over_cap:
+            await self._release(over_cap, delay=self.settings.park_interval)
+        if archive:
+            await self.db.fetch("archive", {"msg_ids": archive})
+        if failed:
+            await self._record_failed([(r["message_id"], r["msg_id"], e, 0) for r, e in failed])
+        for session_id, parked_rows in park.items():
+            await self._park(session_id, [(r["message_id"], r["msg_id"]) for r in parked_rows])
+        for jid in list(self._queues):
+            if jid not in self._lanes:
+                self._lanes[jid] = asyncio.create_task(self._lane(jid), name=f"lane-{jid}")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _lane(self, jid: str) -> None:
+        queue = self._queues[jid]
+        blocked = False  # a retry is pending: nothing behind it may go first
+        try:
+            while queue:
+                job = queue[0]
+                if blocked or self._stop.is_set():
+                    await self._release(self._take_all(queue), delay=0.0)
+                    continue
+                if not self.sessions.is_connected(job.session_id):
+                    await self._park_jobs(self._take_all(queue))
+                    continue
+                limiter = self.sessions.limiters[job.session_id]
+                if not await limiter.acquire(self._stop):
+                    continue
+                client = self.sessions.clients[job.session_id]
+                try:
+                    result = await client.send_text(jid, job.content, job.message_id)
+                except NotConnected:
+                    await self._park_jobs(self._take_all(queue))
+                except PermanentSendError as exc:
+                    queue.popleft()
+                    await self._record_failed([(job.message_id, job.msg_id, str(exc), 1)])
+                except Exception as exc:
+                    if not isinstance(exc, TransientSendError):
+                        log.exception("unexpected error sending %s; retrying", job.message_id)
+                    queue.popleft()
+                    blocked = True
+                    await self._retry(job, exc)
+                else:
+                    queue.popleft()
+                    self._sent.append((job, result))
+                    self._flush_wake.set()
+        except Exception:
+            # Not a send failure (those are handled above): a bug or a database error that is
+            # not a lost connection. Stop holding these messages; their leases bring them back.
+            log.exception("lane for %s failed; its messages return to the queue", jid)
+            for job in queue:
+                self._inflight.pop(job.msg_id, None)
+        finally:
+            del self._queues[jid]
+            del self._lanes[jid]
+            self.wake.set()
+
+    @staticmethod
+    def _take_all(queue: deque[Job]) -> list[Job]:
+        jobs = list(queue)
+        queue.clear()
+        return jobs
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            # Yield once so lanes that are ready add their sends; while the write is in flight
+            # more gather, so batches grow with the load without a fixed delay.
+            await asyncio.sleep(0)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("writing sent statuses failed; those messages return to the queue")
+
+    async def _flush(self) -> None:
+        batch, self._sent = self._sent, []
+        if not batch:
+            return
+        # Dropped from memory whatever happens: written, or left to their leases.
+        for job, _ in batch:
+            self._inflight.pop(job.msg_id, None)
+        await self.db.fetch(
+            "record_sent",
+            {
+                "ids": [job.message_id for job, _ in batch],
+                "wa_message_ids": [result.wa_message_id for _, result in batch],
+                "sent_ats": [result.timestamp for _, result in batch],
+                "msg_ids": [job.msg_id for job, _ in batch],
+            },
+        )
+        self.stats.sent += len(batch)
+        self.receipts.retry_unmatched()
+        self.wake.set()
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number `attempt` (tenacity's exponential wait with jitter)."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._backoff(state))
+
+    async def _retry(self, job: Job, exc: BaseException) -> None:
+        attempts = job.attempts + 1
+        if attempts >= self.settings.max_attempts:
+            reason = f"gave up after {attempts} attempts; last error: {exc}"
+            await self._record_failed([(job.message_id, job.msg_id, reason, 1)])
+            return
+        delay = self.backoff(attempts)
+        log.info(
+            "message %s: attempt %d failed (%s); retry in %.1fs",
+            job.message_id,
+            attempts,
+            exc,
+            delay,
+        )
+        await self.db.fetch(
+            "record_retry",
+            {"id": job.message_id, "error": str(exc), "msg_id": job.msg_id, "delay": delay},
+        )
+        self._inflight.pop(job.msg_id, None)
+        self.stats.retried += 1
+
+    async def _record_failed(self, items: list[tuple[uuid.UUID, int, str, int]]) -> None:
+        for message_id, _, error, _ in items:
+            log.warning("message %s failed: %s", message_id, error)
+        await self.db.fetch(
+            "record_failed",
+            {
+                "ids": [i[0] for i in items],
+                "errors": [i[2] for i in items],
+                "counted": [i[3] for i in items],
+                "msg_ids": [i[1] for i in items],
+            },
+        )
+        for _, msg_id, _, _ in items:
+            self._inflight.pop(msg_id, None)
+        self.stats.failed += len(items)
+
+    async def _release(self, jobs: list[Job], delay: float) -> None:
+        if not jobs:
+            return
+        await self.db.fetch(
+            "release",
+            {
+                "ids": [j.message_id for j in jobs],
+                "msg_ids": [j.msg_id for j in jobs],
+                "delay": delay,
+            },
+        )
+        for job in jobs:
+            self._inflight.pop(job.msg_id, None)
+
+    async def _park_jobs(self, jobs: list[Job]) -> None:
+        await self._release(jobs, delay=self.settings.park_interval)
+        for job in jobs:
+            self._parked[job.session_id].add(job.msg_id)
+        self.stats.parked += len(jobs)
+
+    async def _park(self, session_id: uuid.UUID | None, items: list[tuple[uuid.UUID, int]]) -> None:
+        """Messages whose session is not connected wait (no attempt counted) and are looked at
+        again every park_interval, or at once when the session connects."""
+        await self.db.fetch(
+            "release",
+            {
+                "ids": [i[0] for i in items],
+                "msg_ids": [i[1] for i in items],
+                "delay": self.settings.park_interval,
+            },
+        )
+        self._parked[session_id].update(i[1] for i in items)
+        self.stats.parked += len(items)
+
+    def _unpark(self, session_id: uuid.UUID) -> None:
+        msg_ids = self._parked.pop(session_id, set())
+        if msg_ids:
+            asyncio.get_running_loop().create_task(self._make_visible(sorted(msg_ids)))
+        self.wake.set()
+
+    async def _make_visible(self, msg_ids: list[int]) -> None:
+        await self.db.fetch("release", {"ids": [], "msg_ids": msg_ids, "delay": 0.0})
+        self.wake.set()
+
+    async def _lease_loop(self) -> None:
+        """Keep what is held in memory invisible to others for as long as it is held."""
+        period = self.settings.visibility_timeout / 3
+        while True:
+            await asyncio.sleep(period)
+            if self._inflight:
+                await self.db.fetch(
+                    "extend_leases",
+                    {"msg_ids": list(self._inflight), "seconds": self.settings.visibility_timeout},
+                )
+
+    async def _drain(self) -> None:
+        """At shutdown: lanes finish the send in hand and release the rest; write what was sent."""
+        if self._lanes:
+            await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+        await self._flush()

@@ -1,0 +1,192 @@
+"""The poller end to end with the simulated WhatsApp: a real `wa-poller run` process connected
+as wa_poller, messages queued through send_message."""
+
+import itertools
+import time
+
+import psycopg
+import pytest
+
+from tests.poller_support import (
+    Poller,
+    enqueue,
+    first_send_order,
+    make_team,
+    queue_order,
+    status_counts,
+    wait_until,
+)
+
+
+@pytest.fixture
+def poller_dir(tmp_path):
+    return tmp_path
+
+
+def run_to_completion(conn, poller: Poller, total: int, timeout: float = 60) -> None:
+    poller.start()
+    try:
+        wait_until(
+            lambda: (
+                sum(
+                    v
+                    for k, v in status_counts(conn).items()
+                    if k in ("sent", "delivered", "read", "failed")
+                )
+                == total
+            ),
+            timeout,
+            f"{total} messages to be final\n{poller.output()[-3000:]}",
+        )
+    finally:
+        assert poller.terminate() == 0, poller.output()[-3000:]
+
+
+def test_messages_are_sent_in_group_order_with_statuses_and_receipts(conn, db_url, tmp_path):
+    team = make_team(conn, groups=5)
+    enqueue(conn, list(team.groups), per_group=20)
+    poller = Poller(db_url, tmp_path, sim_delivered_after_ms=20, sim_read_after_ms=60)
+    run_to_completion(conn, poller, 100)
+    wait_until(lambda: status_counts(conn) == {"read": 100}, 10, "read receipts")
+    sends = poller.sends()
+    assert len(sends) == 100
+    assert first_send_order(sends) == queue_order(conn)
+    rows = conn.execute(
+        "select count(*) filter (where wa_message_id is not null and sent_at is not null "
+        "and delivered_at is not null and read_at >= delivered_at and delivered_at >= sent_at), "
+        "count(*) filter (where attempts = 1) from messages"
+    ).fetchone()
+    assert rows == (100, 100)
+    assert conn.execute("select count(*) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
+    assert conn.execute("select count(*) from pgmq.a_whatsapp_outbound").fetchone()[0] == 100
+    session = conn.execute("select status::text, status_reason from whatsapp_sessions").fetchone()
+    assert session == ("disconnected", "poller stopped")
+
+
+def test_transient_failures_are_retried_and_keep_group_order(conn, db_url, tmp_path):
+    team = make_team(conn, groups=4)
+    enqueue(conn, list(team.groups), per_group=15)
+    poller = Poller(db_url, tmp_path, sim_failure_rate=0.3, max_attempts=50)
+    run_to_completion(conn, poller, 60)
+    assert status_counts(conn) == {"delivered": 60}
+    retried = conn.execute("select count(*) from messages where attempts > 1").fetchone()[0]
+    assert retried > 0
+    assert first_send_order(poller.sends()) == queue_order(conn)
+    assert len(poller.sends()) == 60  # a failed attempt sends nothing
+
+
+def test_transient_failures_give_up_after_max_attempts(conn, db_url, tmp_path):
+    team = make_team(conn, groups=2)
+    enqueue(conn, list(team.groups), per_group=3)
+    run_to_completion(conn, Poller(db_url, tmp_path, sim_failure_rate=1.0, max_attempts=3), 6)
+    rows = conn.execute("select status::text, attempts, error_log from messages").fetchall()
+    assert {(s, a) for s, a, _ in rows} == {("failed", 3)}
+    assert all(
+        e.startswith("gave up after 3 attempts; last error: simulated timeout") for _, _, e in rows
+    )
+    assert conn.execute("select count(*) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
+
+
+def test_permanent_failures_fail_at_once(conn, db_url, tmp_path):
+    team = make_team(conn, groups=2)
+    enqueue(conn, list(team.groups), per_group=3)
+    poller = Poller(db_url, tmp_path, sim_failure_rate=1.0, sim_failure_kind="permanent")
+    run_to_completion(conn, poller, 6)
+    rows = conn.execute("select status::text, attempts, error_log from messages").fetchall()
+    assert set(rows) == {("failed", 1, "simulated rejection")}
+    failed_view = conn.execute("select count(*) from failed_messages").fetchone()[0]
+    assert failed_view == 6
+
+
+def test_inactive_or_readonly_group_at_send_time_fails_without_an_attempt(conn, db_url, tmp_path):
+    team = make_team(conn, groups=2)
+    jids = list(team.groups)
+    enqueue(conn, jids, per_group=2)
+    conn.execute("update whatsapp_groups set is_active = false where jid = %s", [jids[0]])
+    conn.execute(
+        "update whatsapp_groups set is_readonly = true, readonly_reason = 'not a "
+        "participant' where jid = %s",
+        [jids[1]],
+    )
+    run_to_completion(conn, Poller(db_url, tmp_path), 4)
+    rows = set(conn.execute("select group_jid, status::text, attempts, error_log from messages"))
+    assert rows == {
+        (jids[0], "failed", 0, "group is inactive: the WhatsApp account left it"),
+        (jids[1], "failed", 0, "group is read-only: not a participant"),
+    }
+
+
+def test_messages_of_a_disconnected_session_expire_after_the_ttl(conn, db_url, tmp_path):
+    team = make_team(conn, groups=2)
+    enqueue(conn, list(team.groups), per_group=2)
+    poller = Poller(db_url, tmp_path, message_ttl=1.5)
+    poller.disconnect()
+    run_to_completion(conn, poller, 4, timeout=30)
+    rows = set(conn.execute("select status::text, attempts, error_log from messages"))
+    assert rows == {
+        ("failed", 0, "expired: not sent within 1.5 s (its WhatsApp session was not connected)")
+    }
+    assert poller.sends() == []
+
+
+def test_pacing_spaces_the_sends_of_a_session(conn, db_url, tmp_path):
+    team = make_team(conn, groups=3)
+    enqueue(conn, list(team.groups), per_group=4)
+    poller = Poller(db_url, tmp_path, rate_per_minute=600, rate_jitter=0.2)  # one per 100 ms
+    started = time.monotonic()
+    run_to_completion(conn, poller, 12)
+    times = [entry["t"] for entry in poller.sends()]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 12
+    assert min(gaps) >= 0.095, gaps
+    assert time.monotonic() - started >= 1.1
+
+
+def test_a_disconnected_session_does_not_delay_another(conn, db_url, tmp_path):
+    team = make_team(conn, groups=4, sessions=2)
+    enqueue(conn, list(team.groups), per_group=5)
+    down = team.sessions[0]
+    poller = Poller(db_url, tmp_path)
+    poller.disconnect(down)
+    poller.start()
+    try:
+        wait_until(lambda: len(poller.sends()) == 10, 20, "the connected session's messages")
+        assert {e["session"] for e in poller.sends()} == {str(team.sessions[1])}
+        waiting = conn.execute(
+            "select count(*) from messages m join whatsapp_groups g on g.jid = m.group_jid "
+            "where g.session_id = %s and m.status = 'pending' and m.attempts = 0",
+            [down],
+        ).fetchone()[0]
+        assert waiting == 10
+        poller.reconnect(down)
+        wait_until(lambda: len(poller.sends()) == 20, 20, "the reconnected session's messages")
+    finally:
+        assert poller.terminate() == 0
+    assert first_send_order(poller.sends()) == queue_order(conn)
+
+
+def test_sigterm_hands_back_what_is_left_and_exits_zero(conn, db_url, tmp_path):
+    team = make_team(conn, groups=2)
+    enqueue(conn, list(team.groups), per_group=30)
+    poller = Poller(db_url, tmp_path, rate_per_minute=300, shutdown_timeout=5).start()
+    wait_until(lambda: len(poller.sends()) >= 3, 20, "a few sends")
+    began = time.monotonic()
+    assert poller.terminate(timeout=15) == 0
+    assert time.monotonic() - began < 5
+    counts = status_counts(conn)
+    assert "sending" not in counts, counts
+    sent = counts.get("sent", 0) + counts.get("delivered", 0)
+    assert sent == len(poller.sends())
+    waiting = conn.execute(
+        "select count(*) from pgmq.q_whatsapp_outbound where vt <= clock_timestamp() + "
+        "interval '1 second'"
+    ).fetchone()[0]
+    assert waiting == 60 - sent == counts["pending"]
+    assert "poller stopped" in poller.output()
+
+
+def test_status_never_moves_backwards(conn, data):
+    conn.execute("update messages set status = 'read' where id = %s", [data.m1])
+    for status in ("delivered", "sent", "pending", "failed"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("update messages set status = %s where id = %s", [status, data.m1])

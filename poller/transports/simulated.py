@@ -1,6 +1,7 @@
 """A deterministic stand-in for WhatsApp: send latency, failures (transient or permanent) from a
 seeded generator, delivered and read receipts after set delays, disconnects on demand (a file
-named `disconnected`, or `disconnected-<session id>`, in the control folder), and a configurable group list.
+named `disconnected`, or `disconnected-<session id>`, in the control folder), and a
+configurable group list.
 
 Every accepted send is appended to a JSON-lines log with one unbuffered write, so the log holds
 exactly what "WhatsApp" accepted even when the poller is killed a moment later.

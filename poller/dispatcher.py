@@ -120,17 +120,20 @@ class Dispatcher:
             qty = min(self.settings.batch_size, room)
             got = 0
             if qty > 0:
-                rows = await self.db.fetch(
-                    "claim_batch",
-                    {
-                        "vt": self.settings.visibility_timeout,
-                        "qty": qty,
-                        "sessions": self.sessions.connected_ids(),
-                        "ttl": self.settings.message_ttl,
-                    },
+                read = await self.db.fetch(
+                    "read_batch", {"vt": self.settings.visibility_timeout, "qty": qty}
                 )
-                got = len(rows)
-                if rows:
+                got = len(read)
+                if read:
+                    rows = await self.db.fetch(
+                        "claim_messages",
+                        {
+                            "msg_ids": [r["msg_id"] for r in read],
+                            "message_ids": [r["message_id"] for r in read],
+                            "sessions": self.sessions.connected_ids(),
+                            "ttl": self.settings.message_ttl,
+                        },
+                    )
                     await self._admit(rows)
                 if got >= qty:
                     continue  # a full batch: more is probably waiting

@@ -190,3 +190,37 @@ def test_status_never_moves_backwards(conn, data):
     for status in ("delivered", "sent", "pending", "failed"):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("update messages set status = %s where id = %s", [status, data.m1])
+
+
+def test_messages_committed_while_the_poller_reads_are_never_lost(conn, db_url, tmp_path):
+    """Producers commit one message per transaction while the poller runs flat out: every
+    queue message must find its row (none archived as missing), and all are sent in order."""
+    import json
+    import threading
+
+    from tests.poller_support import EMPLOYEE
+
+    team = make_team(conn, groups=8)
+    jids = list(team.groups)
+    claims = json.dumps({"sub": str(EMPLOYEE), "role": "authenticated"})
+    poller = Poller(db_url, tmp_path, sim_latency_ms=0).start()
+
+    def produce(offset: int) -> None:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            for i in range(100):
+                with c.transaction():
+                    c.execute("set local role authenticated")
+                    c.execute("select set_config('request.jwt.claims', %s, true)", [claims])
+                    c.execute("select send_message(%s, %s)", [jids[(offset + i) % 8], f"p{i}"])
+
+    try:
+        producers = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+        for p in producers:
+            p.start()
+        for p in producers:
+            p.join()
+        wait_until(lambda: len(poller.sends()) == 400, 60, "all 400 sends")
+    finally:
+        assert poller.terminate() == 0
+    assert "does not exist" not in poller.output()
+    assert first_send_order(poller.sends()) == queue_order(conn)

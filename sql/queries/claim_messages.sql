@@ -1,10 +1,7 @@
--- One round trip: read a batch with per-group FIFO, load what sending needs, and mark `sending`
--- the messages that can go now (their session is connected, the group is open, not expired).
--- read_grouped_rr only offers a group while its oldest message is visible, so a later message
--- never overtakes one that is in flight or waiting for a retry.
+-- Load what sending needs for a batch just read, and mark `sending` the messages that can go
+-- now: their session is connected, the group is open, and they have not expired.
 with batch as (
-  select q.msg_id, (q.message ->> 'message_id')::uuid as message_id
-  from pgmq.read_grouped_rr('whatsapp_outbound', %(vt)s, %(qty)s) q
+  select * from unnest(%(msg_ids)s::bigint[], %(message_ids)s::uuid[]) as b(msg_id, message_id)
 ), found as (
   select b.msg_id, b.message_id, m.group_jid, m.content, m.status::text as status, m.attempts,
          m.created_at, g.session_id, g.is_active, g.is_readonly, g.readonly_reason

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     sim_latency_ms: float = Field(default=50.0, ge=0)
     sim_failure_rate: float = Field(default=0.0, ge=0, le=1)
     sim_failure_kind: Literal["transient", "permanent"] = "transient"
+    sim_receipts: bool = Field(default=True, description="send delivered/read receipts")
     sim_delivered_after_ms: float = Field(default=300.0, ge=0)
     sim_read_after_ms: float = Field(default=1500.0, ge=0, description="0 = never read")
     sim_seed: int = 1

@@ -144,9 +144,10 @@ class SimulatedClient(SessionClient):
                 "wa_message_id": wa_id,
             }
         )
-        self._schedule(wa_id, ReceiptKind.DELIVERED, self.settings.sim_delivered_after_ms)
-        if self.settings.sim_read_after_ms:
-            self._schedule(wa_id, ReceiptKind.READ, self.settings.sim_read_after_ms)
+        if self.settings.sim_receipts:
+            self._schedule(wa_id, ReceiptKind.DELIVERED, self.settings.sim_delivered_after_ms)
+            if self.settings.sim_read_after_ms:
+                self._schedule(wa_id, ReceiptKind.READ, self.settings.sim_read_after_ms)
         return SendResult(wa_message_id=wa_id, timestamp=now)
 
     def _schedule(self, wa_id: str, kind: ReceiptKind, after_ms: float) -> None:

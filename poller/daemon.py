@@ -28,7 +28,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, synchronous_commit=settings.synchronous_commit)
     await db.open()
     transport = make_transport(settings)
     receipts = Receipts(db)

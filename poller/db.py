@@ -44,16 +44,18 @@ def _retrying() -> AsyncRetrying:
 class Database:
     """Runs the named queries in sql/queries/ on a pool; retries until the database answers."""
 
-    def __init__(self, url: str, max_size: int = 8) -> None:
+    def __init__(self, url: str, max_size: int = 8, synchronous_commit: bool = False) -> None:
         self.url = url
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "wa-poller"}
+        if not synchronous_commit:
+            # The poller's writes (leases, statuses, archive) may be committed asynchronously:
+            # losing the last instant of them in a database crash only repeats sends (at least
+            # once). Messages themselves are written by send_message, synchronously.
+            kwargs["options"] = "-c synchronous_commit=off"
+        # No check on checkout (it costs a round trip per query): a broken connection fails
+        # its query, the pool discards it, and the retry takes another.
         self.pool = AsyncConnectionPool(
-            url,
-            min_size=2,
-            max_size=max_size,
-            open=False,
-            kwargs={"autocommit": True, "application_name": "wa-poller"},
-            check=AsyncConnectionPool.check_connection,
-            timeout=10.0,
+            url, min_size=2, max_size=max_size, open=False, kwargs=kwargs, timeout=10.0
         )
 
     async def open(self) -> None:

@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="Python logging level.")
     transport: Literal["simulated", "neonize"] = "simulated"
 
+    synchronous_commit: bool = Field(
+        default=False,
+        description="commit the poller's own writes synchronously (see README: delivery)",
+    )
+
     # Dispatch
     batch_size: int = Field(default=200, ge=1, le=10_000)
     visibility_timeout: int = Field(default=30, ge=2, description="queue lease, seconds")

@@ -1,0 +1,112 @@
+"""Drain rate of pgmq's read functions: a backlog of --messages across --groups groups, read and
+archived in batches of --batch, for each function in one run (each on the same backlog, rebuilt
+in between). Prints JSON with messages per second (median of --runs) and each one's ordering
+guarantee.
+
+Uses $WA_DATABASE_URL's server if set, otherwise an embedded PostgreSQL in .local/bench-pg.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from poller.bootstrap import bootstrap
+from poller.localpg import LocalPostgres, default_folder
+
+FUNCTIONS = {
+    "read_grouped": "SQS-style: fills the batch from the oldest group first; a group is skipped "
+    "while an earlier message of it is invisible (FIFO holds)",
+    "read_grouped_rr": "round robin across groups, all visible messages from each group's head; "
+    "a group is offered only while its oldest message is visible (FIFO holds)",
+    "read_grouped_head": "at most one message per group, the head, only if visible (FIFO holds; "
+    "a batch never has two messages of one group)",
+    "read": "no grouping: a later message can be read while an earlier one of its group is in "
+    "flight or waiting for a retry (FIFO does not hold)",
+}
+
+
+def fill(conn: psycopg.Connection, messages: int, groups: int) -> None:
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    conn.execute(
+        "insert into pgmq.q_whatsapp_outbound (vt, message, headers) "
+        "select clock_timestamp(), jsonb_build_object('message_id', gen_random_uuid()), "
+        "jsonb_build_object('x-pgmq-group', '1203630000' || lpad((i %% %s)::text, 8, '0') "
+        "|| '@g.us') from generate_series(1, %s) i",
+        [groups, messages],
+    )
+    conn.execute("vacuum analyze pgmq.q_whatsapp_outbound")
+
+
+def drain(conn: psycopg.Connection, function: str, batch: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    while True:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                f"select msg_id from pgmq.{function}('whatsapp_outbound', 30, %s)", [batch]
+            )
+        ]
+        if not ids:
+            break
+        conn.execute("select pgmq.archive('whatsapp_outbound', %s::bigint[])", [ids])
+        total += len(ids)
+    return total / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--groups", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    url = os.environ.get("WA_DATABASE_URL")
+    server = None
+    if not url:
+        server = LocalPostgres(default_folder("bench-pg"))
+        server.start()
+        url = server.url
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("drop database if exists wa_reads with (force)")
+            conn.execute("create database wa_reads")
+        db = make_conninfo(**{**conninfo_to_dict(url), "dbname": "wa_reads"})
+        bootstrap(db)
+        rates: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
+        with psycopg.connect(db, autocommit=True) as conn:
+            for _ in range(args.runs):
+                for function in FUNCTIONS:  # the same backlog for each, in one run
+                    fill(conn, args.messages, args.groups)
+                    rates[function].append(drain(conn, function, args.batch))
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        json.dumps(
+            {
+                "benchmark": "pgmq read + archive, backlog drain",
+                "messages": args.messages,
+                "groups": args.groups,
+                "batch": args.batch,
+                "messages_per_s": {f: round(statistics.median(r)) for f, r in rates.items()},
+                "ordering": FUNCTIONS,
+                "chosen": "read_grouped_rr",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     session_inflight: int = Field(
         default=100, ge=1, description="of which at most this many for one session"
     )
-    flush_interval: float = Field(default=0.005, gt=0, description="status write batching, s")
 
     # Failure policy
     max_attempts: int = Field(default=5, ge=1)

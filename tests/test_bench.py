@@ -1,4 +1,4 @@
-"""The benchmark scripts run and print their JSON (a short run; the figures are not asserted)."""
+"""The benchmark scripts run and print their JSON (short runs; the figures are not asserted)."""
 
 import json
 import os
@@ -9,25 +9,55 @@ from poller.resources import PROJECT_ROOT
 from tests.conftest import server_url
 
 
-def test_send_message_bench_prints_json(pg_server):
+def run_bench(pg_server, script: str, *args: str) -> dict:
     done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "bench" / "send_message_throughput.py"),
-            "--seconds",
-            "1",
-            "--rounds",
-            "1",
-            "--clients",
-            "2",
-        ],
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env={**os.environ, "WA_DATABASE_URL": server_url(pg_server)},
     )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_send_message_bench_prints_json(pg_server):
+    report = run_bench(
+        pg_server, "send_message_throughput.py", "--seconds", "1", "--rounds", "1", "--clients", "2"
+    )
     assert report["send_message_per_s"]["median"] > 0
     assert report["pgmq_send_per_s"]["median"] > 0
     assert report["ratio_send_message_to_pgmq_send"] > 0
+
+
+def test_end_to_end_bench_prints_json(pg_server):
+    report = run_bench(
+        pg_server,
+        "end_to_end.py",
+        "--runs",
+        "1",
+        "--rate",
+        "50",
+        "--seconds",
+        "1",
+        "--burst",
+        "400",
+    )
+    assert report["paced"]["messages"] == 50
+    assert report["burst"]["messages"] == 400
+    for mode in ("paced", "burst"):
+        assert report[mode]["end_to_end_per_s"] > 0
+        assert 0 < report[mode]["latency_p50_ms"] <= report[mode]["latency_p99_ms"]
+
+
+def test_grouped_reads_bench_prints_json(pg_server):
+    report = run_bench(
+        pg_server, "grouped_reads.py", "--messages", "400", "--groups", "5", "--runs", "1"
+    )
+    assert set(report["messages_per_s"]) == {
+        "read_grouped",
+        "read_grouped_rr",
+        "read_grouped_head",
+        "read",
+    }
+    assert all(rate > 0 for rate in report["messages_per_s"].values())

@@ -5,7 +5,7 @@ database restart costs time, never a crash or a message."""
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -81,15 +81,6 @@ class Database:
                     cur = await conn.execute(query(name), params)
                     return cur.rowcount
         raise AssertionError("unreachable")
-
-    async def transaction(self, steps: Sequence[tuple[str, Params]]) -> None:
-        """Run the named queries in one transaction. Safe to retry whole: every write the
-        poller makes is guarded by the state it expects, and archiving twice is a no-op."""
-        async for attempt in _retrying():
-            with attempt:
-                async with self.pool.connection() as conn, conn.transaction():
-                    for name, params in steps:
-                        await conn.execute(query(name), params)
 
     async def listen(self, channel: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
         """Call `wake` on every notification on `channel` until `stop`; reconnects by itself.

@@ -12,7 +12,6 @@ from poller.transports.base import Receipt, ReceiptKind
 
 log = logging.getLogger(__name__)
 
-_QUERY = {ReceiptKind.DELIVERED: "receipt_delivered", ReceiptKind.READ: "receipt_read"}
 _KEEP_UNMATCHED = 120.0  # seconds a receipt waits for its message's `sent` write
 
 
@@ -22,7 +21,6 @@ class Receipts:
         self.flush_interval = flush_interval
         self._pending: list[tuple[float, Receipt]] = []
         self._wake = asyncio.Event()
-        self.applied = 0
 
     def add(self, receipt: Receipt) -> None:
         self._pending.append((time.monotonic(), receipt))
@@ -52,10 +50,13 @@ class Receipts:
             if not items:
                 continue
             pairs = [(wa_id, r.timestamp) for _, r in items for wa_id in r.wa_message_ids]
-            params = {"wa_message_ids": [p[0] for p in pairs], "ats": [p[1] for p in pairs]}
-            rows = await self.db.fetch(_QUERY[kind], params)
+            params = {
+                "wa_message_ids": [p[0] for p in pairs],
+                "ats": [p[1] for p in pairs],
+                "kind": str(kind),
+            }
+            rows = await self.db.fetch("apply_receipts", params)
             matched = {row["wa_message_id"] for row in rows}
-            self.applied += len(matched)
             for received, receipt in items:
                 missing = tuple(w for w in receipt.wa_message_ids if w not in matched)
                 if missing and now - received < _KEEP_UNMATCHED:

@@ -224,3 +224,36 @@ def test_messages_committed_while_the_poller_reads_are_never_lost(conn, db_url, 
         assert poller.terminate() == 0
     assert "does not exist" not in poller.output()
     assert first_send_order(poller.sends()) == queue_order(conn)
+
+
+def test_receipts_only_move_statuses_forward(conn, data):
+    from datetime import UTC, datetime, timedelta
+
+    from poller.resources import query
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    conn.execute(
+        "update messages set status = 'sent', wa_message_id = 'W1', sent_at = %s where id = %s",
+        [t0, data.m1],
+    )
+    conn.execute(
+        "update messages set status = 'sent', wa_message_id = 'W2', sent_at = %s where id = %s",
+        [t0, data.m2],
+    )
+
+    def apply(kind: str, wa_ids: list[str], at: datetime) -> set[str]:
+        rows = conn.execute(
+            query("apply_receipts"),
+            {"wa_message_ids": wa_ids, "ats": [at] * len(wa_ids), "kind": kind},
+        )
+        return {r[0] for r in rows}
+
+    t1, t2, t3 = (t0 + timedelta(seconds=n) for n in (1, 2, 3))
+    assert apply("read", ["W1"], t1) == {"W1"}
+    assert apply("delivered", ["W1", "W2", "UNKNOWN"], t2) == {"W1", "W2"}
+    assert apply("read", ["W2"], t3) == {"W2"}
+    rows = conn.execute(
+        "select wa_message_id, status::text, delivered_at, read_at from messages "
+        "where wa_message_id is not null order by 1"
+    ).fetchall()
+    assert rows == [("W1", "read", t1, t1), ("W2", "read", t2, t3)]

@@ -36,7 +36,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     dispatcher = Dispatcher(db, sessions, receipts, settings)
     try:
         await dispatcher.check_pgmq()
-        await sessions.refresh()
+        await sessions.heartbeat()
         log.info(
             "poller started: %d session(s), transport %s", len(sessions.clients), settings.transport
         )

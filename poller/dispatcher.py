@@ -138,9 +138,12 @@ class Dispatcher:
                             "message_ids": [r["message_id"] for r in read],
                             "sessions": self.sessions.connected_ids(),
                             "ttl": self.settings.message_ttl,
+                            "me": self.sessions.poller_id,
                         },
                     )
-                    await self._admit(rows)
+                    mine = await self._admit(rows)
+                    if not mine:
+                        got = 0  # only other pollers' messages: no reason to poll fast
                 if got >= qty:
                     continue  # a full batch: more is probably waiting
                 if got > LIGHT_BATCH:
@@ -154,13 +157,15 @@ class Dispatcher:
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             self.wake.clear()
 
-    async def _admit(self, rows: list[Row]) -> None:
+    async def _admit(self, rows: list[Row]) -> int:
+        """Route a claimed batch; returns how many of the messages were this poller's."""
         now = datetime.now(UTC)
         ttl = timedelta(seconds=self.settings.message_ttl)
         archive: list[int] = []
         failed: list[tuple[Row, str]] = []
         park: defaultdict[uuid.UUID | None, list[Row]] = defaultdict(list)
         over_cap: list[Job] = []
+        elsewhere: list[int] = []
         held = defaultdict(int)
         for job in self._inflight.values():
             held[job.session_id] += 1
@@ -182,6 +187,8 @@ class Dispatcher:
                 held[job.session_id] += 1
                 self._inflight[job.msg_id] = job
                 self._queues.setdefault(job.group_jid, deque()).append(job)
+            elif row["held_elsewhere"] and row["status"] in ("pending", "sending"):
+                elsewhere.append(row["msg_id"])
             elif row["status"] is None:
                 log.warning(
                     "queue message %s: message %s does not exist; archived",
@@ -205,6 +212,8 @@ class Dispatcher:
                 failed.append((row, f"group is read-only: {row['readonly_reason']}"))
             else:
                 park[row["session_id"]].append(row)
+        if elsewhere:  # another poller holds the session: give them back at once
+            await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
         if over_cap:
             await self._release(over_cap, delay=self.settings.park_interval)
         if archive:
@@ -216,6 +225,7 @@ class Dispatcher:
         for jid in list(self._queues):
             if jid not in self._lanes:
                 self._lanes[jid] = asyncio.create_task(self._lane(jid), name=f"lane-{jid}")
+        return len(rows) - len(elsewhere)
 
     # -- sending ---------------------------------------------------------------------------
 

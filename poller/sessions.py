@@ -1,9 +1,19 @@
-"""The WhatsApp sessions this poller holds: one transport client per `whatsapp_sessions` row,
-its connection state mirrored into the table, a heartbeat in `updated_at`, and a pacing bucket
-per session. It is also the transports' event sink."""
+"""The WhatsApp sessions this poller holds: one transport client per `whatsapp_sessions` row
+whose lease it owns, its connection state mirrored into the table, and a pacing bucket per
+session. It is also the transports' event sink.
+
+Leases: every heartbeat renews the leases this poller holds (and drops a session whose lease
+another poller took over), then compares what it holds with its share of the sessions among
+the live pollers: it takes free or expired sessions up to its share, and hands one back when it
+holds more (a new poller joined). A clean stop hands everything back at once; a crash leaves the
+leases to expire (WA_LEASE_TTL), after which the other pollers take the sessions over.
+"""
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -24,6 +34,9 @@ class SessionManager:
         self.transport = transport
         self.receipts = receipts
         self.settings = settings
+        self.poller_id = settings.poller_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
         self.clients: dict[uuid.UUID, SessionClient] = {}
         self.limiters: dict[uuid.UUID, TokenBucket] = {}
         self._on_connected: list[Callable[[uuid.UUID], None]] = []
@@ -54,33 +67,65 @@ class SessionManager:
     def receipt(self, receipt: Receipt) -> None:
         self.receipts.add(receipt)
 
-    async def refresh(self) -> None:
-        """Start a client for every session row not held yet."""
-        for row in await self.db.fetch("list_sessions"):
-            session_id = row["id"]
-            if session_id in self.clients:
-                continue
-            self.limiters[session_id] = TokenBucket(
-                self.settings.rate_per_minute,
-                self.settings.rate_burst,
-                self.settings.rate_jitter,
-                seed=f"{self.settings.sim_seed}:{session_id}",
+    # Leases
+    async def heartbeat(self) -> None:
+        """Renew, then take or hand back sessions to hold this poller's share."""
+        me, ttl = self.poller_id, self.settings.lease_ttl
+        await self.db.execute(
+            "poller_heartbeat",
+            {"me": me, "hostname": socket.gethostname(), "pid": os.getpid(), "ttl": ttl},
+        )
+        held = {row["id"] for row in await self.db.fetch("leases_renew", {"me": me, "ttl": ttl})}
+        for session_id in [s for s in self.clients if s not in held]:
+            log.warning("session %s: lease lost to another poller; letting go", session_id)
+            await self._drop(session_id)
+        for session_id in sorted(held - set(self.clients)):
+            # Held under our id but not running: we restarted with a stable WA_POLLER_ID.
+            await self._hold(session_id)
+        share = (await self.db.fetch("leases_share", {"ttl": ttl}))[0]["share"]
+        if len(self.clients) < share:
+            claimed = await self.db.fetch(
+                "leases_claim", {"me": me, "ttl": ttl, "count": share - len(self.clients)}
             )
-            client = self.transport.client(session_id, self)
-            self.clients[session_id] = client
-            await client.start()
+            for row in claimed:
+                await self._hold(row["id"])
+        elif len(self.clients) > share:
+            # One at a time, so that pollers joining together do not hand sessions back and forth.
+            session_id = sorted(self.clients)[-1]
+            log.info(
+                "session %s: handing back (holding %d, share %d)",
+                session_id,
+                len(self.clients),
+                share,
+            )
+            await self._drop(session_id)
+            await self.db.execute("lease_release", {"id": session_id, "me": me})
+
+    async def _hold(self, session_id: uuid.UUID) -> None:
+        log.info("session %s: lease taken by %s", session_id, self.poller_id)
+        self.limiters[session_id] = TokenBucket(
+            self.settings.rate_per_minute,
+            self.settings.rate_burst,
+            self.settings.rate_jitter,
+            seed=f"{self.settings.sim_seed}:{session_id}",
+        )
+        client = self.transport.client(session_id, self)
+        self.clients[session_id] = client
+        await client.start()
+
+    async def _drop(self, session_id: uuid.UUID) -> None:
+        client = self.clients.pop(session_id)
+        await client.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Write status changes in order, beat the heartbeat, pick up new sessions."""
+        """Heartbeats, and status changes written in order."""
         writer = asyncio.create_task(self._write_statuses(), name="session-status")
         try:
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_interval)
                 except TimeoutError:
-                    await self.refresh()
-                    if self.clients:
-                        await self.db.execute("heartbeat", {"ids": list(self.clients)})
+                    await self.heartbeat()
         finally:
             writer.cancel()
 
@@ -88,13 +133,21 @@ class SessionManager:
         while True:
             session_id, state, reason = await self._status_writes.get()
             await self.db.execute(
-                "set_session_status", {"id": session_id, "status": str(state), "reason": reason}
+                "set_session_status",
+                {"id": session_id, "status": str(state), "reason": reason, "me": self.poller_id},
             )
 
     async def stop(self) -> None:
-        for session_id, client in self.clients.items():
-            await client.stop()
+        """Disconnect, record it, and hand every session back for another poller to take."""
+        for session_id in list(self.clients):
+            await self._drop(session_id)
             await self.db.execute(
                 "set_session_status",
-                {"id": session_id, "status": "disconnected", "reason": "poller stopped"},
+                {
+                    "id": session_id,
+                    "status": "disconnected",
+                    "reason": "poller stopped",
+                    "me": self.poller_id,
+                },
             )
+        await self.db.execute("poller_leave", {"me": self.poller_id})

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,7 +46,23 @@ class Settings(BaseSettings):
 
     # Life
     shutdown_timeout: float = Field(default=10.0, gt=0)
-    heartbeat_interval: float = Field(default=10.0, gt=0)
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="seconds between heartbeats and lease renewals"
+    )
+    lease_ttl: float = Field(
+        default=30.0, gt=0, description="seconds a session lease lasts without a heartbeat"
+    )
+    poller_id: str | None = Field(
+        default=None,
+        description="stable id (one per systemd unit): a restart takes its sessions back at "
+        "once instead of waiting for the leases to expire; unset: host-pid-random",
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        if self.lease_ttl < 2 * self.heartbeat_interval:
+            raise ValueError("WA_LEASE_TTL must be at least twice WA_HEARTBEAT_INTERVAL")
+        return self
 
     # Simulated WhatsApp
     sim_latency_ms: float = Field(default=50.0, ge=0)

@@ -80,6 +80,7 @@ class Poller:
     """`wa-poller run` as a child process, connected as wa_poller."""
 
     def __init__(self, db_url: str, workdir: Path, **settings: object) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "poller.log"
         self.sim_log = workdir / "sent.jsonl"
         self.control = workdir / "control"
@@ -97,6 +98,8 @@ class Poller:
             "WA_RETRY_MAX": "0.5",
             "WA_PARK_INTERVAL": "0.5",
             "WA_POLL_INTERVAL": "0.2",
+            "WA_HEARTBEAT_INTERVAL": "0.5",
+            "WA_LEASE_TTL": "2",
             "WA_LOG_LEVEL": "INFO",
             **{f"WA_{k.upper()}": str(v) for k, v in settings.items()},
         }

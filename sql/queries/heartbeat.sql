@@ -1,1 +1,0 @@
-update public.whatsapp_sessions set updated_at = now() where id = any(%(ids)s::uuid[])

@@ -1,1 +1,0 @@
-select id, phone_number from public.whatsapp_sessions order by created_at

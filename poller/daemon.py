@@ -9,6 +9,7 @@ import signal
 from poller.db import Database
 from poller.dispatcher import Dispatcher
 from poller.errors import ConfigError
+from poller.groups import GroupSync
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
@@ -34,6 +35,8 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     receipts = Receipts(db)
     sessions = SessionManager(db, transport, receipts, settings)
     dispatcher = Dispatcher(db, sessions, receipts, settings)
+    groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
+    sessions.on_groups_changed(groups.request)
     try:
         await dispatcher.check_pgmq()
         await sessions.heartbeat()
@@ -46,6 +49,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             ),
             asyncio.create_task(receipts.run(stop), name="receipts"),
             asyncio.create_task(sessions.run(stop), name="sessions"),
+            asyncio.create_task(groups.run(stop), name="group-sync"),
             asyncio.create_task(_report(dispatcher, stop), name="stats"),
         ]
         try:

@@ -40,12 +40,17 @@ class SessionManager:
         self.clients: dict[uuid.UUID, SessionClient] = {}
         self.limiters: dict[uuid.UUID, TokenBucket] = {}
         self._on_connected: list[Callable[[uuid.UUID], None]] = []
+        self._on_groups_changed: list[Callable[[uuid.UUID], None]] = []
         self._status_writes: asyncio.Queue[tuple[uuid.UUID, ConnectionState, str | None]] = (
             asyncio.Queue()
         )
 
     def on_connected(self, callback: Callable[[uuid.UUID], None]) -> None:
         self._on_connected.append(callback)
+
+    def on_groups_changed(self, callback: Callable[[uuid.UUID], None]) -> None:
+        """Called on a group event and on every connect (a sync is due then too)."""
+        self._on_groups_changed.append(callback)
 
     def connected_ids(self) -> list[uuid.UUID]:
         return [sid for sid, client in self.clients.items() if client.connected]
@@ -63,9 +68,14 @@ class SessionManager:
         if state is ConnectionState.CONNECTED:
             for callback in self._on_connected:
                 callback(session_id)
+            self.groups_changed(session_id)
 
     def receipt(self, receipt: Receipt) -> None:
         self.receipts.add(receipt)
+
+    def groups_changed(self, session_id: uuid.UUID) -> None:
+        for callback in self._on_groups_changed:
+            callback(session_id)
 
     # Leases
     async def heartbeat(self) -> None:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     rate_burst: int = Field(default=1, ge=1)
     rate_jitter: float = Field(default=0.3, ge=0, le=1)
 
+    group_sync_interval: float = Field(
+        default=600.0, gt=0, description="seconds between full group syncs"
+    )
+
     # Life
     shutdown_timeout: float = Field(default=10.0, gt=0)
     heartbeat_interval: float = Field(
@@ -79,4 +83,7 @@ class Settings(BaseSettings):
     )
     sim_groups_file: Path | None = Field(
         default=None, description="JSON list of groups; unset: any group JID is accepted"
+    )
+    sim_own_jid: str = Field(
+        default="905550000001@s.whatsapp.net", description="the simulated account's own JID"
     )

@@ -61,3 +61,10 @@ def test_grouped_reads_bench_prints_json(pg_server):
         "read",
     }
     assert all(rate > 0 for rate in report["messages_per_s"].values())
+
+
+def test_group_sync_bench_prints_json(pg_server):
+    report = run_bench(pg_server, "group_sync.py", "--groups", "20", "--participants", "16",
+                       "--runs", "1")
+    assert report["groups"] == 20
+    assert report["first_sync_s"] > 0 and report["resync_s"] > 0

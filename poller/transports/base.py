@@ -55,6 +55,8 @@ class Receipt:
 
 @dataclass(frozen=True)
 class GroupInfo:
+    """A joined group. Each participant: jid, lid, phone_number, is_admin, is_super_admin."""
+
     jid: str
     name: str
     participants: list[dict[str, object]] = field(default_factory=list)
@@ -69,6 +71,9 @@ class EventSink(Protocol):
     ) -> None: ...
 
     def receipt(self, receipt: Receipt) -> None: ...
+
+    def groups_changed(self, session_id: uuid.UUID) -> None:
+        """We joined or left a group, or its participants changed: sync it soon."""
 
 
 class SessionClient(ABC):
@@ -94,6 +99,10 @@ class SessionClient(ABC):
 
     @abstractmethod
     async def joined_groups(self) -> list[GroupInfo]: ...
+
+    @abstractmethod
+    def own_ids(self) -> list[str]:
+        """Our own account's phone JID and LID (either may carry a device part)."""
 
 
 class Transport(ABC):

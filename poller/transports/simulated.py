@@ -17,6 +17,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+
 from poller.settings import Settings
 from poller.transports.base import (
     ConnectionState,
@@ -44,17 +46,23 @@ class SimulatedTransport(Transport):
         if settings.sim_log is not None:
             self._log_fd = os.open(settings.sim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.groups: dict[str, GroupInfo] | None = None
-        if settings.sim_groups_file is not None:
-            raw = json.loads(Path(settings.sim_groups_file).read_text(encoding="utf-8"))
-            self.groups = {
-                g["jid"]: GroupInfo(
-                    jid=g["jid"],
-                    name=g.get("name", g["jid"]),
-                    participants=g.get("participants", []),
-                    announce_only=bool(g.get("announce_only", False)),
-                )
-                for g in raw
-            }
+        self.load_groups()
+
+    def load_groups(self) -> None:
+        """(Re)read the group list; the file may change while the poller runs."""
+        path = self.settings.sim_groups_file
+        if path is None:
+            return
+        raw = orjson.loads(Path(path).read_bytes())
+        self.groups = {
+            g["jid"]: GroupInfo(
+                jid=g["jid"],
+                name=g.get("name", g["jid"]),
+                participants=g.get("participants", []),
+                announce_only=bool(g.get("announce_only", False)),
+            )
+            for g in raw
+        }
 
     def client(self, session_id: uuid.UUID, sink: EventSink) -> "SimulatedClient":
         return SimulatedClient(self, session_id, sink)
@@ -161,7 +169,11 @@ class SimulatedClient(SessionClient):
         handle = loop.call_later(after_ms / 1000, fire)
         self._receipts.add(handle)
 
+    def own_ids(self) -> list[str]:
+        return [self.settings.sim_own_jid]
+
     async def joined_groups(self) -> list[GroupInfo]:
         if not self._connected:
             raise NotConnected("session is not connected")
+        self.transport.load_groups()
         return list((self.transport.groups or {}).values())

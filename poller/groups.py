@@ -79,6 +79,8 @@ async def sync_groups(db: Database, session_id: uuid.UUID, client: SessionClient
         groups = await client.joined_groups()
     except NotConnected:
         return  # synced again on the next connect
+    if groups is None:
+        return
     own = {j for j in (bare(x) for x in client.own_ids()) if j}
     rows = rows_for(groups, own)
     payload = orjson.dumps(rows).decode()

@@ -64,7 +64,8 @@ def test_grouped_reads_bench_prints_json(pg_server):
 
 
 def test_group_sync_bench_prints_json(pg_server):
-    report = run_bench(pg_server, "group_sync.py", "--groups", "20", "--participants", "16",
-                       "--runs", "1")
+    report = run_bench(
+        pg_server, "group_sync.py", "--groups", "20", "--participants", "16", "--runs", "1"
+    )
     assert report["groups"] == 20
     assert report["first_sync_s"] > 0 and report["resync_s"] > 0

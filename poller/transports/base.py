@@ -98,7 +98,8 @@ class SessionClient(ABC):
         `message_id` is ours, for logs and the simulation; WhatsApp chooses its own id."""
 
     @abstractmethod
-    async def joined_groups(self) -> list[GroupInfo]: ...
+    async def joined_groups(self) -> list[GroupInfo] | None:
+        """The groups the account is in; None when this transport cannot tell (no sync)."""
 
     @abstractmethod
     def own_ids(self) -> list[str]:

@@ -172,8 +172,10 @@ class SimulatedClient(SessionClient):
     def own_ids(self) -> list[str]:
         return [self.settings.sim_own_jid]
 
-    async def joined_groups(self) -> list[GroupInfo]:
+    async def joined_groups(self) -> list[GroupInfo] | None:
         if not self._connected:
             raise NotConnected("session is not connected")
+        if self.transport.groups is None:
+            return None  # no group list configured: every JID is accepted, nothing to sync
         self.transport.load_groups()
-        return list((self.transport.groups or {}).values())
+        return list(self.transport.groups.values())

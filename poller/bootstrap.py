@@ -45,7 +45,11 @@ def connect(database_url: str) -> psycopg.Connection:
         raise DatabaseUnavailable(f"cannot connect to the database: {_first_line(exc)}") from exc
 
 
-def bootstrap(database_url: str, poller_password: str | None = None) -> BootstrapReport:
+def bootstrap(
+    database_url: str,
+    poller_password: str | None = None,
+    session_store_password: str | None = None,
+) -> BootstrapReport:
     report = BootstrapReport()
     with connect(database_url) as conn:
         conn.execute("select pg_advisory_lock(hashtext(%s))", [_LOCK_KEY])
@@ -56,17 +60,21 @@ def bootstrap(database_url: str, poller_password: str | None = None) -> Bootstra
             report.pgmq_installed = _install_pgmq(conn)
         report.migrations_applied = _apply_migrations(conn)
         if poller_password is not None:
-            # Hashed here, so the password itself never reaches the server's logs.
-            hashed = conn.pgconn.encrypt_password(
-                poller_password.encode(), b"wa_poller", b"scram-sha-256"
-            )
-            conn.execute(
-                sql.SQL("alter role wa_poller with login password {}").format(
-                    sql.Literal(hashed.decode())
-                )
-            )
+            _enable_login(conn, "wa_poller", poller_password)
+        if session_store_password is not None:
+            _enable_login(conn, "wa_session_store", session_store_password)
         conn.execute("select pg_advisory_unlock(hashtext(%s))", [_LOCK_KEY])
     return report
+
+
+def _enable_login(conn: psycopg.Connection, role: str, password: str) -> None:
+    # Hashed here, so the password itself never reaches the server's logs.
+    hashed = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    conn.execute(
+        sql.SQL("alter role {} with login password {}").format(
+            sql.Identifier(role), sql.Literal(hashed.decode())
+        )
+    )
 
 
 def _install_pgmq(conn: psycopg.Connection) -> str:

@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
         "--poller-password",
         help="also enable LOGIN for the wa_poller role with this password",
     )
+    boot.add_argument(
+        "--session-store-password",
+        help="also enable LOGIN for wa_session_store (WA_SESSION_STORE=postgres)",
+    )
     run = commands.add_parser("run", help="the poller daemon")
     run.add_argument(
         "--transport", choices=["simulated", "neonize"], help="default: $WA_TRANSPORT or simulated"
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             url = args.database_url or settings.database_url
             if not url:
                 raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
-            for line in bootstrap(url, args.poller_password).lines():
+            report = bootstrap(url, args.poller_password, args.session_store_password)
+            for line in report.lines():
                 print(line)
         elif args.command == "run":
             overrides = {

@@ -16,6 +16,7 @@ import secrets
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from poller.db import Database
 from poller.ratelimit import TokenBucket
@@ -41,9 +42,9 @@ class SessionManager:
         self.limiters: dict[uuid.UUID, TokenBucket] = {}
         self._on_connected: list[Callable[[uuid.UUID], None]] = []
         self._on_groups_changed: list[Callable[[uuid.UUID], None]] = []
-        self._status_writes: asyncio.Queue[tuple[uuid.UUID, ConnectionState, str | None]] = (
-            asyncio.Queue()
-        )
+        # Session table writes, in the order the events happened.
+        self._writes: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
+        self._ended: dict[uuid.UUID, datetime] = {}  # clients that will not reconnect
 
     def on_connected(self, callback: Callable[[uuid.UUID], None]) -> None:
         self._on_connected.append(callback)
@@ -64,7 +65,7 @@ class SessionManager:
         self, session_id: uuid.UUID, state: ConnectionState, reason: str | None
     ) -> None:
         log.info("session %s %s%s", session_id, state, f" ({reason})" if reason else "")
-        self._status_writes.put_nowait((session_id, state, reason))
+        self._write("set_session_status", session_id, status=str(state), reason=reason)
         if state is ConnectionState.CONNECTED:
             for callback in self._on_connected:
                 callback(session_id)
@@ -77,6 +78,30 @@ class SessionManager:
         for callback in self._on_groups_changed:
             callback(session_id)
 
+    def qr_code(self, session_id: uuid.UUID, code: str) -> None:
+        log.info("session %s: new QR code to scan", session_id)
+        self._write("session_qr", session_id, code=code)
+
+    def paired(self, session_id: uuid.UUID, jid: str, lid: str | None) -> None:
+        self._write("session_paired", session_id, jid=jid, lid=lid)
+
+    def logged_out(self, session_id: uuid.UUID, reason: str) -> None:
+        log.warning("session %s: %s; waiting to be paired again", session_id, reason)
+        self._ended[session_id] = datetime.now(UTC)
+        self._write("session_logged_out", session_id, reason=reason)
+
+    def let_go(self, session_id: uuid.UUID, reason: str) -> None:
+        log.warning("session %s: %s; letting go of it", session_id, reason)
+        asyncio.get_running_loop().create_task(self._give_back(session_id))
+
+    async def _give_back(self, session_id: uuid.UUID) -> None:
+        if session_id in self.clients:
+            await self._drop(session_id)
+            await self.db.execute("lease_release", {"id": session_id, "me": self.poller_id})
+
+    def _write(self, query: str, session_id: uuid.UUID, **params: object) -> None:
+        self._writes.put_nowait((query, {"id": session_id, "me": self.poller_id, **params}))
+
     # Leases
     async def heartbeat(self) -> None:
         """Renew, then take or hand back sessions to hold this poller's share."""
@@ -85,20 +110,27 @@ class SessionManager:
             "poller_heartbeat",
             {"me": me, "hostname": socket.gethostname(), "pid": os.getpid(), "ttl": ttl},
         )
-        held = {row["id"] for row in await self.db.fetch("leases_renew", {"me": me, "ttl": ttl})}
-        for session_id in [s for s in self.clients if s not in held]:
+        rows = {r["id"]: r for r in await self.db.fetch("leases_renew", {"me": me, "ttl": ttl})}
+        for session_id in [s for s in self.clients if s not in rows]:
             log.warning("session %s: lease lost to another poller; letting go", session_id)
             await self._drop(session_id)
-        for session_id in sorted(held - set(self.clients)):
-            # Held under our id but not running: we restarted with a stable WA_POLLER_ID.
-            await self._hold(session_id)
+        for session_id, row in sorted(rows.items()):
+            ended = self._ended.get(session_id)
+            requested = row["pair_requested_at"]
+            if ended is not None and requested is not None and requested > ended:
+                log.info("session %s: pairing requested; starting its client", session_id)
+                await self._drop(session_id)
+            if session_id not in self.clients:
+                # Held under our id but not running: a restart with a stable WA_POLLER_ID, or
+                # a pairing request after a logout.
+                await self._hold(session_id, row["wa_jid"])
         share = (await self.db.fetch("leases_share", {"ttl": ttl}))[0]["share"]
         if len(self.clients) < share:
             claimed = await self.db.fetch(
                 "leases_claim", {"me": me, "ttl": ttl, "count": share - len(self.clients)}
             )
             for row in claimed:
-                await self._hold(row["id"])
+                await self._hold(row["id"], row["wa_jid"])
         elif len(self.clients) > share:
             # One at a time, so that pollers joining together do not hand sessions back and forth.
             session_id = sorted(self.clients)[-1]
@@ -111,7 +143,7 @@ class SessionManager:
             await self._drop(session_id)
             await self.db.execute("lease_release", {"id": session_id, "me": me})
 
-    async def _hold(self, session_id: uuid.UUID) -> None:
+    async def _hold(self, session_id: uuid.UUID, paired_jid: str | None) -> None:
         log.info("session %s: lease taken by %s", session_id, self.poller_id)
         self.limiters[session_id] = TokenBucket(
             self.settings.rate_per_minute,
@@ -119,17 +151,18 @@ class SessionManager:
             self.settings.rate_jitter,
             seed=f"{self.settings.sim_seed}:{session_id}",
         )
-        client = self.transport.client(session_id, self)
+        client = self.transport.client(session_id, self, paired_jid)
         self.clients[session_id] = client
         await client.start()
 
     async def _drop(self, session_id: uuid.UUID) -> None:
+        self._ended.pop(session_id, None)
         client = self.clients.pop(session_id)
         await client.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeats, and status changes written in order."""
-        writer = asyncio.create_task(self._write_statuses(), name="session-status")
+        writer = asyncio.create_task(self._write_in_order(), name="session-writes")
         try:
             while not stop.is_set():
                 try:
@@ -139,13 +172,10 @@ class SessionManager:
         finally:
             writer.cancel()
 
-    async def _write_statuses(self) -> None:
+    async def _write_in_order(self) -> None:
         while True:
-            session_id, state, reason = await self._status_writes.get()
-            await self.db.execute(
-                "set_session_status",
-                {"id": session_id, "status": str(state), "reason": reason, "me": self.poller_id},
-            )
+            query, params = await self._writes.get()
+            await self.db.execute(query, params)
 
     async def stop(self) -> None:
         """Disconnect, record it, and hand every session back for another poller to take."""

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
             raise ValueError("WA_LEASE_TTL must be at least twice WA_HEARTBEAT_INTERVAL")
         return self
 
+    # WhatsApp through neonize
+    session_store: Literal["sqlite", "postgres"] = "sqlite"
+    auth_dir: Path = Field(
+        default=Path("auth_info"), description="sqlite stores: session-<id>.db in this folder"
+    )
+    session_store_url: str | None = Field(
+        default=None, description="WA_SESSION_STORE=postgres: the store's database URL"
+    )
+    reconnect_initial: float = Field(default=2.0, gt=0, description="first reconnect delay, s")
+    reconnect_max: float = Field(default=300.0, gt=0, description="reconnect delay cap, s")
+    send_timeout: float = Field(default=30.0, gt=0, description="a send or a call to WhatsApp")
+    stop_timeout: float = Field(default=10.0, gt=0, description="neonize stop() watchdog, s")
+
     # Simulated WhatsApp
     sim_latency_ms: float = Field(default=50.0, ge=0)
     sim_failure_rate: float = Field(default=0.0, ge=0, le=1)

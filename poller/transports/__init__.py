@@ -1,5 +1,5 @@
 """WhatsApp transports behind one interface: `simulated` (deterministic, for the demo, tests and
-benchmarks) and, next, `neonize` (real WhatsApp through whatsmeow)."""
+benchmarks) and `neonize` (real WhatsApp through whatsmeow)."""
 
 from poller.settings import Settings
 from poller.transports.base import Transport
@@ -10,4 +10,6 @@ def make_transport(settings: Settings) -> Transport:
         from poller.transports.simulated import SimulatedTransport
 
         return SimulatedTransport(settings)
-    raise NotImplementedError(f"transport {settings.transport!r} is not available yet")
+    from poller.transports.neonize import NeonizeTransport
+
+    return NeonizeTransport(settings)

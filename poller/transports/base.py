@@ -75,6 +75,18 @@ class EventSink(Protocol):
     def groups_changed(self, session_id: uuid.UUID) -> None:
         """We joined or left a group, or its participants changed: sync it soon."""
 
+    def qr_code(self, session_id: uuid.UUID, code: str) -> None:
+        """A new pairing QR code (WhatsApp rotates them): show it to the admin."""
+
+    def paired(self, session_id: uuid.UUID, jid: str, lid: str | None) -> None:
+        """The account is paired (or reconnected): our own JID and LID, no device part."""
+
+    def logged_out(self, session_id: uuid.UUID, reason: str) -> None:
+        """Logged out, for whatever reason: the store is cleared; pairing again is needed."""
+
+    def let_go(self, session_id: uuid.UUID, reason: str) -> None:
+        """Another client took the account (StreamReplaced): stop holding this session."""
+
 
 class SessionClient(ABC):
     """One WhatsApp account (a `whatsapp_sessions` row)."""
@@ -108,7 +120,10 @@ class SessionClient(ABC):
 
 class Transport(ABC):
     @abstractmethod
-    def client(self, session_id: uuid.UUID, sink: EventSink) -> SessionClient: ...
+    def client(
+        self, session_id: uuid.UUID, sink: EventSink, paired_jid: str | None = None
+    ) -> SessionClient:
+        """A client for one session; `paired_jid` is its account once paired (from the table)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -64,7 +64,9 @@ class SimulatedTransport(Transport):
             for g in raw
         }
 
-    def client(self, session_id: uuid.UUID, sink: EventSink) -> "SimulatedClient":
+    def client(
+        self, session_id: uuid.UUID, sink: EventSink, paired_jid: str | None = None
+    ) -> "SimulatedClient":
         return SimulatedClient(self, session_id, sink)
 
     def record(self, entry: dict[str, object]) -> None:

@@ -9,4 +9,4 @@ from (
   for update skip locked
 ) free
 where s.id = free.id
-returning s.id, s.phone_number
+returning s.id, s.wa_jid, s.pair_requested_at

@@ -2,4 +2,4 @@
 update public.whatsapp_sessions
 set lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
 where lease_owner = %(me)s
-returning id
+returning id, wa_jid, pair_requested_at

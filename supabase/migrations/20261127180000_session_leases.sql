@@ -66,3 +66,23 @@ exception when feature_not_supported then
   raise notice 'lz4 is not available: participants keep the default compression';
 end
 $$;
+
+-- Pairing: `wa-poller sessions add` and `wa-poller pair` ask for it; the holding poller then
+-- starts the session's client, whose QR codes land in qr_code until the phone scans one.
+alter table public.whatsapp_sessions add column pair_requested_at timestamptz;
+
+-- The PostgreSQL session store (WA_SESSION_STORE=postgres) holds the WhatsApp accounts' keys.
+-- whatsmeow creates its tables in its connection's default schema, so it connects as its own
+-- role whose search_path is schema `whatsmeow`, which no API role can use. LOGIN is enabled by
+-- `wa-poller db bootstrap --session-store-password`.
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'wa_session_store') then
+    create role wa_session_store nologin noinherit;
+  end if;
+end
+$$;
+create schema if not exists whatsmeow;
+revoke all on schema whatsmeow from public;
+grant usage, create on schema whatsmeow to wa_session_store;
+alter role wa_session_store set search_path = whatsmeow;

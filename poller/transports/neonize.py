@@ -1,0 +1,414 @@
+"""WhatsApp through neonize (whatsmeow), with neonize's hazards fenced off:
+
+- a client method called before connect() or after stop() can kill the process (a Go panic):
+  every call goes through `_call`, which refuses unless the session is connected;
+- connect() blocks until stop(): it runs on a thread of its own, supervised from asyncio;
+- handlers run on a Go-owned thread and an exception there vanishes: each one is wrapped, logs,
+  and only hands the event to the event loop;
+- a connect or a stop that hangs: a watchdog gives up on that client and starts a new one;
+- one session's failure stays in that session: each has its own client, thread and supervisor.
+
+Reconnects are ours, not whatsmeow's: a dropped or failed connection is retried after an
+exponential backoff with jitter and a cap. Logged out (whatever the reason): the store is
+cleared, the session waits for pairing. StreamReplaced (another client took the account): let go.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from poller.settings import Settings
+from poller.transports.base import (
+    ConnectionState,
+    EventSink,
+    GroupInfo,
+    NotConnected,
+    PermanentSendError,
+    Receipt,
+    ReceiptKind,
+    SendResult,
+    SessionClient,
+    TransientSendError,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+# Markers of whatsmeow errors that retrying cannot fix (server error codes and texts).
+_PERMANENT = {
+    "not-authorized": "our account is not a participant of the group",
+    "forbidden": "our account is not a participant of the group",
+    "403": "our account is not a participant of the group",
+    "item-not-found": "the group does not exist",
+    "404": "the group does not exist",
+    "not-acceptable": "WhatsApp rejected the message",
+    "406": "WhatsApp rejected the message",
+}
+_NOT_CONNECTED = ("not connected", "client is nil", "doesn't contain a device jid")
+
+
+def classify_send_error(message: str) -> Exception:
+    """A whatsmeow send error as NotConnected, PermanentSendError or TransientSendError."""
+    text = message.lower()
+    if any(marker in text for marker in _NOT_CONNECTED):
+        return NotConnected(message)
+    for marker, meaning in _PERMANENT.items():
+        if marker in text:
+            return PermanentSendError(f"{meaning} ({message})")
+    return TransientSendError(message)
+
+
+def jid_string(jid: Any) -> str | None:
+    """A neonize JID as 'user@server' (device part dropped), or None when empty."""
+    if jid is None or not getattr(jid, "User", "") or not getattr(jid, "Server", ""):
+        return None
+    return f"{jid.User}@{jid.Server}"
+
+
+class NeonizeTransport(Transport):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sessions: list[NeonizeSession] = []
+        if settings.session_store == "sqlite":
+            Path(settings.auth_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def store_for(self, session_id: uuid.UUID) -> str:
+        """The whatsmeow store of a session: the seed's session-{id} layout under WA_AUTH_DIR,
+        or the PostgreSQL store (WA_SESSION_STORE_URL, a role whose tables the API cannot see)."""
+        if self.settings.session_store == "postgres":
+            if not self.settings.session_store_url:
+                raise ValueError("WA_SESSION_STORE=postgres needs WA_SESSION_STORE_URL")
+            return self.settings.session_store_url
+        return str(Path(self.settings.auth_dir) / f"session-{session_id}.db")
+
+    def client(
+        self, session_id: uuid.UUID, sink: EventSink, paired_jid: str | None = None
+    ) -> "NeonizeSession":
+        session = NeonizeSession(self, session_id, sink, paired_jid)
+        self.sessions.append(session)
+        return session
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await session.stop()
+
+
+class NeonizeSession(SessionClient):
+    def __init__(
+        self,
+        transport: NeonizeTransport,
+        session_id: uuid.UUID,
+        sink: EventSink,
+        paired_jid: str | None,
+    ) -> None:
+        self.transport = transport
+        self.settings = transport.settings
+        self.session_id = session_id
+        self.sink = sink
+        self.paired_jid = paired_jid
+        self.client: Any = None
+        self.attempts = 0  # connection attempts since the last success, for the backoff
+        self._connected = False
+        self._connect_attempted = False  # get_me() before any connect() is a Go panic
+        self._stopping = False
+        self._ended: str | None = None  # why this session must not reconnect (logout, replaced)
+        self._restart = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._backoff = wait_exponential_jitter(
+            multiplier=self.settings.reconnect_initial,
+            max=self.settings.reconnect_max,
+            jitter=self.settings.reconnect_initial,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"wa-{self.session_id}")
+
+    def backoff(self, attempt: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._backoff(state))
+
+    async def _supervise(self) -> None:
+        while not self._stopping and self._ended is None:
+            self._emit(ConnectionState.CONNECTING, None)
+            self.client = self.new_client()
+            self._restart.clear()
+            connecting = asyncio.create_task(asyncio.to_thread(self._connect, self.client))
+            restart = asyncio.create_task(self._restart.wait())
+            await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
+            restart.cancel()
+            error: BaseException | None = None
+            if not connecting.done():  # dropped, or told to stop: end this client's connect()
+                await self._stop_client(self.client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(connecting), self.settings.stop_timeout)
+            if connecting.done() and not connecting.cancelled():
+                error = connecting.exception()
+            self._connected = False
+            if self._stopping or self._ended is not None:
+                break
+            self.attempts += 1
+            delay = self.backoff(self.attempts)
+            reason = f"{error}" if error else "connection dropped"
+            self._emit(ConnectionState.DISCONNECTED, f"{reason}; retrying in {delay:.1f}s")
+            self._restart.clear()
+            with contextlib.suppress(TimeoutError):  # a stop or a logout cuts the wait short
+                await asyncio.wait_for(self._restart.wait(), timeout=delay)
+        if self._ended is not None:
+            await self._clear_store_if_logged_out()
+
+    def _connect(self, client: Any) -> None:
+        self._connect_attempted = True
+        client.connect()
+
+    async def _stop_client(self, client: Any) -> None:
+        """client.stop() may hang: give it stop_timeout, then give up on that client."""
+        stopping = asyncio.create_task(asyncio.to_thread(client.stop))
+        try:
+            await asyncio.wait_for(asyncio.shield(stopping), self.settings.stop_timeout)
+        except TimeoutError:
+            log.error(
+                "session %s: neonize stop() hung for %.0fs; abandoning that client",
+                self.session_id,
+                self.settings.stop_timeout,
+            )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._connected = False
+        self._restart.set()
+        if self._supervisor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._supervisor), self.settings.stop_timeout + 1
+                )
+
+    async def _clear_store_if_logged_out(self) -> None:
+        if not (self._ended or "").startswith("logged out"):
+            return
+        if self.settings.session_store == "sqlite":
+            store = Path(self.transport.store_for(self.session_id))
+            for path in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+                path.unlink(missing_ok=True)
+        # The PostgreSQL store: whatsmeow deletes the device of a logged-out account itself.
+        self.paired_jid = None
+
+    # -- the neonize client ----------------------------------------------------------------
+
+    def new_client(self) -> Any:
+        from neonize.client import NewClient
+        from neonize.events import (
+            ConnectedEv,
+            DisconnectedEv,
+            JoinedGroupEv,
+            LoggedOutEv,
+            PairStatusEv,
+            ReceiptEv,
+            StreamReplacedEv,
+        )
+        from neonize.proto.Neonize_pb2 import GroupInfoEvent
+        from neonize.utils.jid import build_jid
+
+        store = self.transport.store_for(self.session_id)
+        if self.settings.session_store == "postgres":
+            # Several accounts share one store: name ours, or ask for a new device to pair.
+            if self.paired_jid:
+                user, server = self.paired_jid.split("@", 1)
+                client = NewClient(store, jid=build_jid(user, server), uuid=str(self.session_id))
+            else:
+                client = NewClient(store, uuid=str(self.session_id), new_device=True)
+        else:
+            client = NewClient(store, uuid=str(self.session_id))
+        # Every handler before connect(): neonize subscribes only to those registered by then.
+        client.event.qr(self._guard(self._on_qr))
+        client.event(ConnectedEv)(self._guard(self._on_connected))
+        client.event(DisconnectedEv)(self._guard(self._on_disconnected))
+        client.event(LoggedOutEv)(self._guard(self._on_logged_out))
+        client.event(StreamReplacedEv)(self._guard(self._on_stream_replaced))
+        client.event(PairStatusEv)(self._guard(self._on_pair_status))
+        client.event(ReceiptEv)(self._guard(self._on_receipt))
+        client.event(JoinedGroupEv)(self._guard(self._on_group_event))
+        client.event(GroupInfoEvent)(self._guard(self._on_group_event))
+        return client
+
+    def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """Handlers run on a Go thread and neonize drops their exceptions: log them here."""
+
+        def guarded(client: Any, event: Any) -> None:
+            try:
+                handler(client, event)
+            except Exception:
+                log.exception(
+                    "session %s: error handling %s", self.session_id, type(event).__name__
+                )
+
+        return guarded
+
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback` on the event loop (handlers are on a Go thread)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, *args)
+
+    def _emit(self, state: ConnectionState, reason: str | None) -> None:
+        self.sink.connection_changed(self.session_id, state, reason)
+
+    # -- events (Go thread) ----------------------------------------------------------------
+
+    def _on_qr(self, _client: Any, data: bytes) -> None:
+        self._soon(self.sink.qr_code, self.session_id, data.decode())
+
+    def _on_pair_status(self, _client: Any, event: Any) -> None:
+        jid = jid_string(event.ID)
+        if event.Status == event.SUCCESS and jid:
+            self._soon(self.sink.paired, self.session_id, jid, None)
+
+    def _on_connected(self, client: Any, _event: Any) -> None:
+        me = client.me  # set by neonize from the Device event that precedes Connected
+        own_jid = jid_string(getattr(me, "JID", None)) if me is not None else None
+        own_lid = jid_string(getattr(me, "LID", None)) if me is not None else None
+        self._soon(self._connected_now, own_jid, own_lid)
+
+    def _connected_now(self, own_jid: str | None, own_lid: str | None) -> None:
+        self._connected = True
+        self.attempts = 0
+        if own_jid:
+            self.paired_jid = own_jid
+            self.sink.paired(self.session_id, own_jid, own_lid)
+        self._emit(ConnectionState.CONNECTED, None)
+
+    def _on_disconnected(self, _client: Any, _event: Any) -> None:
+        self._soon(self._dropped, "connection dropped")
+
+    def _dropped(self, reason: str) -> None:
+        self._connected = False
+        log.info("session %s: %s", self.session_id, reason)
+        self._restart.set()  # our backoff, not whatsmeow's own reconnect loop
+
+    def _on_logged_out(self, _client: Any, event: Any) -> None:
+        from neonize.proto.Neonize_pb2 import ConnectFailureReason
+
+        reason = ConnectFailureReason.Name(event.Reason) if event.HasField("Reason") else "UNKNOWN"
+        self._soon(self._end, f"logged out: {reason}")
+
+    def _on_stream_replaced(self, _client: Any, _event: Any) -> None:
+        self._soon(self._end, "stream replaced: another client took this WhatsApp account")
+
+    def _end(self, why: str) -> None:
+        self._ended = why
+        self._connected = False
+        self._emit(ConnectionState.DISCONNECTED, why)
+        if why.startswith("logged out"):
+            self.sink.logged_out(self.session_id, why)
+        else:
+            self.sink.let_go(self.session_id, why)
+        self._restart.set()
+
+    def _on_receipt(self, _client: Any, event: Any) -> None:
+        # An unset Type reads as DELIVERED, and neonize leaves types it does not map unset.
+        if not event.HasField("Type"):
+            return
+        if event.Type == event.DELIVERED:
+            kind = ReceiptKind.DELIVERED
+        elif event.Type in (event.READ, event.PLAYED):
+            kind = ReceiptKind.READ
+        else:
+            return
+        at = datetime.fromtimestamp(event.Timestamp, UTC) if event.Timestamp else datetime.now(UTC)
+        receipt = Receipt(
+            self.session_id,
+            tuple(event.MessageIDs),
+            kind,
+            at,
+            participant=jid_string(event.MessageSource.Sender),
+        )
+        self._soon(self.sink.receipt, receipt)
+
+    def _on_group_event(self, _client: Any, _event: Any) -> None:
+        self._soon(self.sink.groups_changed, self.session_id)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _call(self, what: str, function: Callable[[], Any]) -> Any:
+        if not self._connected or self.client is None:
+            raise NotConnected("session is not connected")
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(function), self.settings.send_timeout)
+        except TimeoutError as exc:
+            raise TransientSendError(
+                f"{what} timed out after {time.monotonic() - started:.0f}s"
+            ) from exc
+
+    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+        from neonize.exc import NeonizeError
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+        from neonize.utils.jid import build_jid
+
+        user, server = group_jid.split("@", 1)
+        client = self.client
+        try:
+            response = await self._call(
+                "send",
+                lambda: client.send_message(build_jid(user, server), Message(conversation=text)),
+            )
+        except NeonizeError as exc:
+            raise classify_send_error(str(exc)) from exc
+        # WhatsApp's acknowledgement time (Unix seconds), when it gives one.
+        sent_at = (
+            datetime.fromtimestamp(response.Timestamp, UTC)
+            if response.Timestamp
+            else datetime.now(UTC)
+        )
+        return SendResult(wa_message_id=response.ID, timestamp=sent_at)
+
+    async def joined_groups(self) -> list[GroupInfo] | None:
+        from neonize.exc import NeonizeError
+
+        client = self.client
+        try:
+            groups = await self._call("group list", client.get_joined_groups)
+        except NeonizeError as exc:
+            raise TransientSendError(str(exc)) from exc
+        return [group_info(g) for g in groups]
+
+    def own_ids(self) -> list[str]:
+        me = self.client.me if self.client is not None else None
+        if me is None:
+            return [self.paired_jid] if self.paired_jid else []
+        return [j for j in (jid_string(me.JID), jid_string(me.LID)) if j]
+
+
+def group_info(group: Any) -> GroupInfo:
+    """neonize's GroupInfo → ours, participants as plain dicts (stored as JSON)."""
+    participants = [
+        {
+            "jid": jid_string(p.JID),
+            "lid": jid_string(p.LID),
+            "phone_number": jid_string(p.PhoneNumber),
+            "is_admin": bool(p.IsAdmin),
+            "is_super_admin": bool(p.IsSuperAdmin),
+        }
+        for p in group.Participants
+    ]
+    return GroupInfo(
+        jid=jid_string(group.JID) or "",
+        name=group.GroupName.Name,
+        participants=participants,
+        announce_only=bool(group.GroupAnnounce.IsAnnounce),
+    )

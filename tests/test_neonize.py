@@ -1,0 +1,111 @@
+"""The neonize transport driven with real neonize objects: events pushed through neonize's own
+dispatch path, and real connect() calls that fail for want of a network. Each scenario runs in a
+child process (tests/neonize_scenarios.py), so a Go panic or a hung Go thread fails the test
+instead of the whole run."""
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+
+def scenario(name: str, *args: str, timeout: float = 90) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.neonize_scenarios", name, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_events_through_neonizes_dispatch_reach_the_sink():
+    out = scenario("events")
+    assert out["send_before_connect"] == "NotConnected: session is not connected"
+    assert out["connected"] is True
+    assert out["own_ids"] == ["905551112233@s.whatsapp.net", "88001234567890@lid"]
+    assert out["send_without_socket"].startswith("NotConnected")
+    assert out["survived_handler_error"] is True
+    assert out["connected_after_logout"] is False
+    participant = "905557654321@s.whatsapp.net"
+    assert out["calls"] == [
+        ["qr", "2@qr-one,abc,def"],
+        ["qr", "2@qr-two,abc,def"],  # rotated: the newest replaces the last
+        ["paired", "905551112233@s.whatsapp.net", "88001234567890@lid"],  # device part dropped
+        ["state", "connected", None],
+        ["receipt", "delivered", ["3EB01A", "3EB01B"], participant],
+        ["receipt", "read", ["3EB04A", "3EB04B"], participant],
+        ["receipt", "read", ["3EB06A", "3EB06B"], participant],  # played counts as read
+        # READ_SELF (our own reading) and a receipt with no Type are ignored
+        ["groups_changed"],
+        ["state", "disconnected", "stream replaced: another client took this WhatsApp account"],
+        ["let_go", "stream replaced: another client took this WhatsApp account"],
+        ["state", "disconnected", "logged out: TEMP_BANNED"],
+        ["logged_out", "logged out: TEMP_BANNED"],
+    ]
+
+
+def test_no_network_backs_off_without_spinning_or_crashing():
+    out = scenario("no-network")
+    calls = out["calls"]
+    attempts = [c[0] for c in calls if c[1] == "state" and c[2] == "connecting"]
+    failures = [c for c in calls if c[1] == "state" and c[2] == "disconnected"]
+    # 4 s with a 0.2 s start and a 1 s cap: a handful of attempts, not a hot loop.
+    assert 3 <= len(attempts) <= 12, attempts
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert min(gaps) >= 0.2, gaps
+    assert max(gaps) <= 1.0 + 0.2 + 0.5, gaps  # cap + jitter + a connect attempt
+    delays = [float(re.search(r"retrying in ([0-9.]+)s", c[3]).group(1)) for c in failures]
+    assert delays[0] < delays[-1], delays  # the backoff grows
+    assert all("failed to dial" in c[3] for c in failures)
+    assert out["stop_seconds"] < 6
+    assert out["store_exists"]  # the sqlite store is the seed's session-{id} layout
+
+
+def test_logged_out_clears_the_store_and_stops_reconnecting():
+    out = scenario("logout")
+    assert out["supervisor_done"] is True
+    assert out["store_exists"] is False
+    states = [c for c in out["calls"] if c[0] == "state"]
+    assert states[-1] == ["state", "disconnected", "logged out: LOGGED_OUT"]
+    assert out["calls"][-1] == ["logged_out", "logged out: LOGGED_OUT"]
+    assert sum(1 for c in states if c[1] == "connecting") == 1  # no reconnect after it
+
+
+@pytest.fixture
+def store_url(pg_server, db_url):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("alter role wa_session_store login password 'store-secret'")
+    dbname = db_url.rsplit("/", 1)[1]
+    return (
+        f"postgres://wa_session_store:store-secret@{pg_server.host}:{pg_server.port}/"
+        f"{dbname}?sslmode=disable"
+    )
+
+
+def test_postgres_store_keeps_the_keys_out_of_reach_of_the_api(store_url, conn):
+    out = scenario("postgres-store", store_url)
+    assert any(c[0] == "state" and c[1] == "disconnected" for c in out["calls"])
+    tables = conn.execute(
+        "select table_schema, count(*) from information_schema.tables "
+        "where table_name like 'whatsmeow%' group by 1"
+    ).fetchall()
+    assert [t[0] for t in tables] == ["whatsmeow"] and tables[0][1] >= 10
+    for role in ("anon", "authenticated", "service_role", "wa_poller"):
+        usage = conn.execute(
+            "select has_schema_privilege(%s, 'whatsmeow', 'usage')", [role]
+        ).fetchone()[0]
+        assert usage is False, role
+        device = conn.execute(
+            "select has_table_privilege(%s, 'whatsmeow.whatsmeow_device', 'select')", [role]
+        ).fetchone()[0]
+        assert device is False, role
+    # And through the API's own role switch: no way to the keys.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("set local role authenticated")
+        conn.execute("select * from whatsmeow.whatsmeow_device")

@@ -3,8 +3,11 @@
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import uuid
 
+from poller.admin import add_session, list_sessions, pair
 from poller.bootstrap import bootstrap
 from poller.daemon import run_daemon
 from poller.demo import run_demo
@@ -39,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--database-url", help="default: $WA_DATABASE_URL")
 
+    sessions = commands.add_parser("sessions", help="WhatsApp sessions (admin)")
+    session_commands = sessions.add_subparsers(dest="sessions_command", required=True)
+    add = session_commands.add_parser("add", help="create a session to pair")
+    add.add_argument("--phone", help="the number, for the record (set for real when paired)")
+    add.add_argument("--owner", help="e-mail of the admin who owns the number")
+    add.add_argument("--database-url", help="default: $WA_DATABASE_URL (an admin role)")
+    listing = session_commands.add_parser("list", help="sessions with status and holder")
+    listing.add_argument("--database-url", help="default: $WA_DATABASE_URL")
+
+    pair = commands.add_parser("pair", help="show a session's QR code until the phone scans it")
+    pair.add_argument("session", type=uuid.UUID)
+    pair.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    pair.add_argument("--database-url", help="default: $WA_DATABASE_URL")
+
     demo = commands.add_parser(
         "demo", help="embedded PostgreSQL, bootstrap, demo data, messages through send_message"
     )
@@ -54,25 +71,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "db" and args.db_command == "bootstrap":
-            url = args.database_url or settings.database_url
-            if not url:
-                raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
+            url = _url(args, settings)
             report = bootstrap(url, args.poller_password, args.session_store_password)
             for line in report.lines():
                 print(line)
+        elif args.command == "sessions" and args.sessions_command == "add":
+            session_id = add_session(_url(args, settings), args.phone, args.owner)
+            print(session_id)
+            print(f"next: wa-poller pair {session_id}", file=sys.stderr)
+        elif args.command == "sessions":
+            for line in list_sessions(_url(args, settings)):
+                print(line)
+        elif args.command == "pair":
+            phone = pair(_url(args, settings), args.session, args.timeout)
+            print(f"paired: {phone}")
         elif args.command == "run":
             overrides = {
                 k: v
                 for k, v in (("transport", args.transport), ("database_url", args.database_url))
                 if v
             }
-            asyncio.run(run_daemon(settings.model_copy(update=overrides)))
+            run_settings = settings.model_copy(update=overrides)
+            asyncio.run(run_daemon(run_settings))
+            if run_settings.transport == "neonize":
+                # neonize's connect() threads are not daemons and a hung one would keep the
+                # process alive after a clean stop: everything is in the database, leave now.
+                logging.shutdown()
+                os._exit(0)
         elif args.command == "demo":
             run_demo(args.database_url)
     except PollerError as exc:
         print(f"wa-poller: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0
+
+
+def _url(args: argparse.Namespace, settings: Settings) -> str:
+    url = args.database_url or settings.database_url
+    if not url:
+        raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
+    return url
 
 
 if __name__ == "__main__":

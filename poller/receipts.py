@@ -49,14 +49,17 @@ class Receipts:
             items = [(t, r) for t, r in batch if r.kind is kind]
             if not items:
                 continue
-            pairs = [(wa_id, r.timestamp) for _, r in items for wa_id in r.wa_message_ids]
+            rows = [
+                (wa_id, r.timestamp, r.participant) for _, r in items for wa_id in r.wa_message_ids
+            ]
             params = {
-                "wa_message_ids": [p[0] for p in pairs],
-                "ats": [p[1] for p in pairs],
+                "wa_message_ids": [x[0] for x in rows],
+                "ats": [x[1] for x in rows],
+                "participants": [x[2] for x in rows],
                 "kind": str(kind),
             }
-            rows = await self.db.fetch("apply_receipts", params)
-            matched = {row["wa_message_id"] for row in rows}
+            found = await self.db.fetch("apply_receipts", params)
+            matched = {row["wa_message_id"] for row in found}
             for received, receipt in items:
                 missing = tuple(w for w in receipt.wa_message_ids if w not in matched)
                 if missing and now - received < _KEEP_UNMATCHED:

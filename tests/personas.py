@@ -125,6 +125,11 @@ def seed(conn: psycopg.Connection) -> Seed:
             "(%s, %s, %s, 'ilk mesaj'), (%s, %s, %s, 'second')",
             [s.m1, G1, s.employee, s.m2, G2, s.other_employee],
         )
+        conn.execute(
+            "insert into message_receipts (message_id, participant, delivered_at) "
+            "values (%s, '905551111111@s.whatsapp.net', now())",
+            [s.m1],
+        )
     return s
 
 

@@ -243,11 +243,13 @@ def test_receipts_only_move_statuses_forward(conn, data):
     )
 
     def apply(kind: str, wa_ids: list[str], at: datetime) -> set[str]:
-        rows = conn.execute(
-            query("apply_receipts"),
-            {"wa_message_ids": wa_ids, "ats": [at] * len(wa_ids), "kind": kind},
-        )
-        return {r[0] for r in rows}
+        params = {
+            "wa_message_ids": wa_ids,
+            "ats": [at] * len(wa_ids),
+            "participants": [None] * len(wa_ids),
+            "kind": kind,
+        }
+        return {r[0] for r in conn.execute(query("apply_receipts"), params)}
 
     t1, t2, t3 = (t0 + timedelta(seconds=n) for n in (1, 2, 3))
     assert apply("read", ["W1"], t1) == {"W1"}
@@ -258,3 +260,43 @@ def test_receipts_only_move_statuses_forward(conn, data):
         "where wa_message_id is not null order by 1"
     ).fetchall()
     assert rows == [("W1", "read", t1, t1), ("W2", "read", t2, t3)]
+
+
+def test_group_receipts_are_kept_per_participant(conn, data):
+    from datetime import UTC, datetime, timedelta
+
+    from poller.resources import query
+    from tests.personas import acting_as
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    conn.execute(
+        "update messages set status = 'sent', wa_message_id = 'W1', sent_at = %s where id = %s",
+        [t0, data.m1],
+    )
+    a, b = "905553333333@s.whatsapp.net", "905554444444@s.whatsapp.net"
+    for kind, who, seconds in (
+        ("delivered", a, 1),
+        ("delivered", b, 2),
+        ("read", a, 3),
+        ("delivered", a, 4),
+    ):
+        conn.execute(
+            query("apply_receipts"),
+            {
+                "wa_message_ids": ["W1"],
+                "ats": [t0 + timedelta(seconds=seconds)],
+                "participants": [who],
+                "kind": kind,
+            },
+        )
+    rows = conn.execute(
+        "select participant, delivered_at - %s, read_at - %s from message_receipts "
+        "where participant in (%s, %s) order by 1",
+        [t0, t0, a, b],
+    ).fetchall()
+    second = timedelta(seconds=1)
+    assert rows == [(a, 1 * second, 3 * second), (b, 2 * second, None)]
+    with acting_as(conn, "employee", data):  # the group's team sees them (and the seeded one)
+        assert conn.execute("select count(*) from message_receipts").fetchone()[0] == 3
+    with acting_as(conn, "other_employee", data):  # another team does not
+        assert conn.execute("select count(*) from message_receipts").fetchone()[0] == 0

@@ -45,6 +45,13 @@ STATEMENTS: dict[str, dict[str, str]] = {
         "update": "update group_assignments set created_at = now() where id = %(g1_assignment)s",
         "delete": "delete from group_assignments where id = %(g1_assignment)s",
     },
+    "message_receipts": {
+        "select": "select participant from message_receipts where message_id = %(m1)s",
+        "insert": "insert into message_receipts (message_id, participant) "
+        "values (%(m1)s, '905552222222@s.whatsapp.net')",
+        "update": "update message_receipts set read_at = now() where message_id = %(m1)s",
+        "delete": "delete from message_receipts where message_id = %(m1)s",
+    },
     "messages": {
         "select": "select id from messages where id = %(m1)s",
         "insert": "insert into messages (group_jid, sender_id, content) "
@@ -75,6 +82,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "whatsapp_groups": _MEMBER_READS,
         "group_assignments": _MEMBER_READS,
         "messages": _row(OK, DENIED, DENIED, DENIED),
+        "message_receipts": _row(OK, DENIED, DENIED, DENIED),
     },
     "other_employee": {
         "employee_groups": _OUTSIDER,
@@ -83,10 +91,12 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "whatsapp_groups": _OUTSIDER,
         "group_assignments": _OUTSIDER,
         "messages": _row(HIDDEN, DENIED, DENIED, DENIED),
+        "message_receipts": _row(HIDDEN, DENIED, DENIED, DENIED),
     },
     "admin": {
         **dict.fromkeys(STATEMENTS, _ALL),
         "messages": _row(OK, DENIED, DENIED, DENIED),
+        "message_receipts": _row(OK, DENIED, DENIED, DENIED),
     },
     "service_role": dict.fromkeys(STATEMENTS, _ALL),
     "wa_poller": {
@@ -96,6 +106,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "whatsapp_groups": _row(OK, OK, OK, DENIED),
         "group_assignments": _NOTHING,
         "messages": _row(OK, DENIED, OK, DENIED),
+        "message_receipts": _row(OK, OK, OK, DENIED),
     },
 }
 

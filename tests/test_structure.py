@@ -16,7 +16,7 @@ def test_every_table_in_public_has_rls_enabled(conn):
         "select c.relname, c.relrowsecurity from pg_class c "
         "where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')",
     )
-    assert len(tables) == 6
+    assert len(tables) == 7
     assert [name for name, rls in tables if not rls] == []
 
 

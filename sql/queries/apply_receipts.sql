@@ -1,10 +1,13 @@
 -- Delivered or read receipts. Forward only: a message moves to `kind` only from a status before
--- it (read implies delivered; a read message never goes back to delivered). Returns the WhatsApp
--- ids found, so receipts that overtook their `sent` write can be tried again.
+-- it (read implies delivered; a read message never goes back to delivered). In groups each
+-- participant's receipt is kept too ("delivered to N of M"). Returns the WhatsApp ids found, so
+-- receipts that overtook their `sent` write can be tried again.
 with r as (
-  select * from unnest(%(wa_message_ids)s::text[], %(ats)s::timestamptz[]) as r(wa_message_id, at)
+  select *
+  from unnest(%(wa_message_ids)s::text[], %(ats)s::timestamptz[], %(participants)s::text[])
+    as r(wa_message_id, at, participant)
 ), found as (
-  select m.id, m.wa_message_id, m.status, r.at
+  select m.id, m.wa_message_id, m.status, r.at, r.participant
   from public.messages m join r on r.wa_message_id = m.wa_message_id
 ), moved as (
   update public.messages m
@@ -15,5 +18,14 @@ with r as (
   where m.id = f.id
     and f.status in ('sent', 'delivered')
     and f.status < %(kind)s::public.message_status
+), per_participant as (
+  insert into public.message_receipts as mr (message_id, participant, delivered_at, read_at)
+  select distinct on (id, participant) id, participant, at,
+         case when %(kind)s = 'read' then at end
+  from found where participant is not null
+  order by id, participant, at
+  on conflict (message_id, participant) do update
+  set delivered_at = coalesce(mr.delivered_at, excluded.delivered_at),
+      read_at = coalesce(mr.read_at, excluded.read_at)
 )
 select wa_message_id from found

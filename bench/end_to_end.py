@@ -5,8 +5,9 @@ PostgREST makes it, while a `wa-poller run` process sends. Prints JSON.
 Two modes, each run --runs times (medians reported):
 - paced: one producer at --rate messages per second for --seconds;
 - burst: --burst messages from --producers producers as fast as they go.
-Figures: enqueued per second, end-to-end per second (first enqueue to last `sent`), and the
-latency from enqueue (the send_message transaction) to `sent` (WhatsApp accepted it), p50/p99.
+Figures: enqueued per second, end-to-end per second (first enqueue to last `sent`), the latency
+from enqueue (the send_message transaction) to `sent` (WhatsApp accepted it), p50/p99, and the
+window from WhatsApp's acknowledgement to the `sent` write (a crash inside it repeats a send).
 
 Uses $WA_DATABASE_URL's server if set, otherwise an embedded PostgreSQL in .local/bench-pg.
 """
@@ -154,7 +155,7 @@ def run_once(
     url: str, total: int, producers: int, rate: int | None, workdir: Path
 ) -> dict[str, float]:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate messages")
+        conn.execute("truncate messages cascade")
         conn.execute("delete from pgmq.a_whatsapp_outbound")
     per = total // producers
     produce(url, total, producers, rate, workdir)
@@ -173,12 +174,16 @@ def run_once(
                    extract(epoch from max(created_at) - min(created_at))::float8,
                    extract(epoch from max(sent_at) - min(created_at))::float8,
                    percentile_cont(0.5) within group (order by latency),
-                   percentile_cont(0.99) within group (order by latency)
-            from (select *, extract(epoch from sent_at - created_at)::float8 as latency
+                   percentile_cont(0.99) within group (order by latency),
+                   percentile_cont(0.5) within group (order by window_s),
+                   percentile_cont(0.99) within group (order by window_s)
+            from (select *, extract(epoch from sent_at - created_at)::float8 as latency,
+                         -- updated_at: when the `sent` write began (receipts are off)
+                         extract(epoch from updated_at - sent_at)::float8 as window_s
                   from messages) m
             """
         ).fetchone()
-    n, enqueue_span, e2e_span, p50, p99 = row
+    n, enqueue_span, e2e_span, p50, p99, w50, w99 = row
     # created_at is each send_message transaction's start: the enqueue span ends at the last
     # one's start, so the enqueue rate is taken over n - 1 gaps.
     return {
@@ -187,6 +192,9 @@ def run_once(
         "end_to_end_per_s": round(n / e2e_span, 1),
         "latency_p50_ms": round(p50 * 1000, 2),
         "latency_p99_ms": round(p99 * 1000, 2),
+        # The duplicate window: WhatsApp's acknowledgement to the start of the `sent` write.
+        "ack_to_status_write_p50_ms": round(w50 * 1000, 2),
+        "ack_to_status_write_p99_ms": round(w99 * 1000, 2),
     }
 
 

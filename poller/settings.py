@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     reconnect_initial: float = Field(default=2.0, gt=0, description="first reconnect delay, s")
     reconnect_max: float = Field(default=300.0, gt=0, description="reconnect delay cap, s")
     send_timeout: float = Field(default=30.0, gt=0, description="a send or a call to WhatsApp")
+    connect_timeout: float = Field(
+        default=60.0, gt=0, description="seconds for WhatsApp to answer a connect"
+    )
+    proxy_url: str | None = Field(default=None, description="socks5:// or http:// proxy")
     stop_timeout: float = Field(default=10.0, gt=0, description="neonize stop() watchdog, s")
 
     # Simulated WhatsApp

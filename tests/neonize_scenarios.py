@@ -2,7 +2,7 @@
 tests/test_neonize.py in a child process (a Go panic or a hung Go thread must not take the test
 run down with it). Prints one JSON object with what was observed.
 
-    python -m tests.neonize_scenarios events|no-network|logout|postgres-store [url]
+    python -m tests.neonize_scenarios events|no-network|logout|silent-server|postgres-store [url]
 """
 
 import asyncio
@@ -217,6 +217,40 @@ async def logout(tmp: str) -> dict[str, Any]:
     return out
 
 
+async def silent_server(tmp: str) -> dict[str, Any]:
+    """A proxy that accepts the connection and never answers: the connect hangs."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # keep it open, say nothing
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = RecordingSink()
+    transport = NeonizeTransport(
+        settings(
+            tmp,
+            proxy_url=f"http://127.0.0.1:{port}",
+            connect_timeout=1.5,
+            stop_timeout=1.0,
+            reconnect_initial=0.3,
+            reconnect_max=0.5,
+        )
+    )
+    session = transport.client(uuid.uuid4(), sink)
+    await session.start()
+    await asyncio.sleep(6.0)
+    stop_started = time.monotonic()
+    await session.stop()
+    stop_seconds = time.monotonic() - stop_started
+    server.close()
+    return {
+        "calls": [c[1:] for c in sink.calls],
+        "accepted": len(accepted),
+        "stop_seconds": round(stop_seconds, 2),
+    }
+
+
 async def postgres_store(tmp: str, url: str) -> dict[str, Any]:
     sink = RecordingSink()
     transport = NeonizeTransport(settings(tmp, session_store="postgres", session_store_url=url))
@@ -241,6 +275,8 @@ def main() -> None:
             result = asyncio.run(no_network(tmp))
         elif scenario == "logout":
             result = asyncio.run(logout(tmp))
+        elif scenario == "silent-server":
+            result = asyncio.run(silent_server(tmp))
         else:
             result = asyncio.run(postgres_store(tmp, sys.argv[2]))
     print(json.dumps(result), flush=True)

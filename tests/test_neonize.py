@@ -109,3 +109,16 @@ def test_postgres_store_keeps_the_keys_out_of_reach_of_the_api(store_url, conn):
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("set local role authenticated")
         conn.execute("select * from whatsmeow.whatsmeow_device")
+
+
+def test_a_connect_that_never_answers_is_abandoned_and_retried():
+    """Through a proxy that accepts and never answers, connect() hangs and so does stop():
+    the watchdog gives up on that client, records why, and tries again after the backoff."""
+    out = scenario("silent-server")
+    states = [c for c in out["calls"] if c[0] == "state"]
+    assert states[0] == ["state", "connecting", None]
+    assert states[1][1] == "disconnected"
+    assert states[1][2].startswith("no answer from WhatsApp within 1.5s; retrying in")
+    assert states[2] == ["state", "connecting", None]  # a new client, after the backoff
+    assert out["accepted"] >= 2
+    assert out["stop_seconds"] < 5

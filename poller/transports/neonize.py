@@ -5,7 +5,8 @@
 - connect() blocks until stop(): it runs on a thread of its own, supervised from asyncio;
 - handlers run on a Go-owned thread and an exception there vanishes: each one is wrapped, logs,
   and only hands the event to the event loop;
-- a connect or a stop that hangs: a watchdog gives up on that client and starts a new one;
+- a connect that never answers (no QR code, no connection within WA_CONNECT_TIMEOUT) or a stop
+  that hangs (WA_STOP_TIMEOUT): a watchdog gives up on that client and starts a new one;
 - one session's failure stays in that session: each has its own client, thread and supervisor.
 
 Reconnects are ours, not whatsmeow's: a dropped or failed connection is retried after an
@@ -15,7 +16,9 @@ cleared, the session waits for pairing. StreamReplaced (another client took the 
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -64,6 +67,29 @@ def classify_send_error(message: str) -> Exception:
         if marker in text:
             return PermanentSendError(f"{meaning} ({message})")
     return TransientSendError(message)
+
+
+def in_thread(function: Callable[[], Any], name: str) -> "asyncio.Future[Any]":
+    """Run a neonize call on a daemon thread of its own. Not the default executor: a call that
+    hangs would keep asyncio.run() from ever returning (it waits for the executor's threads)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(future.set_result, function())
+        except BaseException as exc:
+            outcome = functools.partial(future.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name=f"neonize-{name}", daemon=True).start()
+    return future
 
 
 def jid_string(jid: Any) -> str | None:
@@ -121,6 +147,7 @@ class NeonizeSession(SessionClient):
         self._stopping = False
         self._ended: str | None = None  # why this session must not reconnect (logout, replaced)
         self._restart = asyncio.Event()
+        self._progress = asyncio.Event()  # a QR code or a connection: WhatsApp answered
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._backoff = wait_exponential_jitter(
@@ -149,16 +176,33 @@ class NeonizeSession(SessionClient):
             self._emit(ConnectionState.CONNECTING, None)
             self.client = self.new_client()
             self._restart.clear()
-            connecting = asyncio.create_task(asyncio.to_thread(self._connect, self.client))
+            self._progress.clear()
+            connecting = asyncio.ensure_future(
+                in_thread(functools.partial(self._connect, self.client), "connect")
+            )
             restart = asyncio.create_task(self._restart.wait())
-            await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
+            progress = asyncio.create_task(self._progress.wait())
+            # A connection that never answers: no QR code and no Connected within the timeout.
+            await asyncio.wait(
+                {connecting, restart, progress},
+                timeout=self.settings.connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            hung = not (connecting.done() or restart.done() or progress.done())
+            progress.cancel()
+            if not hung:
+                await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
             restart.cancel()
             error: BaseException | None = None
-            if not connecting.done():  # dropped, or told to stop: end this client's connect()
-                await self._stop_client(self.client)
+            if hung:
+                error = TimeoutError(
+                    f"no answer from WhatsApp within {self.settings.connect_timeout:g}s"
+                )
+            # Dropped, hung or told to stop: end this client's connect(), unless stop() hangs too.
+            if not connecting.done() and await self._stop_client(self.client):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(connecting), self.settings.stop_timeout)
-            if connecting.done() and not connecting.cancelled():
+            if error is None and connecting.done() and not connecting.cancelled():
                 error = connecting.exception()
             self._connected = False
             if self._stopping or self._ended is not None:
@@ -175,11 +219,16 @@ class NeonizeSession(SessionClient):
 
     def _connect(self, client: Any) -> None:
         self._connect_attempted = True
-        client.connect()
+        if self.settings.proxy_url:
+            from neonize._binder import ProxySettings
 
-    async def _stop_client(self, client: Any) -> None:
+            client.connect(ProxySettings(proxy_address=self.settings.proxy_url))
+        else:
+            client.connect()
+
+    async def _stop_client(self, client: Any) -> bool:
         """client.stop() may hang: give it stop_timeout, then give up on that client."""
-        stopping = asyncio.create_task(asyncio.to_thread(client.stop))
+        stopping = asyncio.ensure_future(in_thread(client.stop, "stop"))
         try:
             await asyncio.wait_for(asyncio.shield(stopping), self.settings.stop_timeout)
         except TimeoutError:
@@ -188,6 +237,8 @@ class NeonizeSession(SessionClient):
                 self.session_id,
                 self.settings.stop_timeout,
             )
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -271,6 +322,7 @@ class NeonizeSession(SessionClient):
     # -- events (Go thread) ----------------------------------------------------------------
 
     def _on_qr(self, _client: Any, data: bytes) -> None:
+        self._soon(self._progress.set)
         self._soon(self.sink.qr_code, self.session_id, data.decode())
 
     def _on_pair_status(self, _client: Any, event: Any) -> None:
@@ -285,6 +337,7 @@ class NeonizeSession(SessionClient):
         self._soon(self._connected_now, own_jid, own_lid)
 
     def _connected_now(self, own_jid: str | None, own_lid: str | None) -> None:
+        self._progress.set()
         self._connected = True
         self.attempts = 0
         if own_jid:

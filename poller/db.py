@@ -35,7 +35,7 @@ def _log_retry(state: RetryCallState) -> None:
 def _retrying() -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception_type(RETRYABLE),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
         before_sleep=_log_retry,
         reraise=True,
     )

@@ -173,37 +173,11 @@ class NeonizeSession(SessionClient):
 
     async def _supervise(self) -> None:
         while not self._stopping and self._ended is None:
-            self._emit(ConnectionState.CONNECTING, None)
-            self.client = self.new_client()
-            self._restart.clear()
-            self._progress.clear()
-            connecting = asyncio.ensure_future(
-                in_thread(functools.partial(self._connect, self.client), "connect")
-            )
-            restart = asyncio.create_task(self._restart.wait())
-            progress = asyncio.create_task(self._progress.wait())
-            # A connection that never answers: no QR code and no Connected within the timeout.
-            await asyncio.wait(
-                {connecting, restart, progress},
-                timeout=self.settings.connect_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            hung = not (connecting.done() or restart.done() or progress.done())
-            progress.cancel()
-            if not hung:
-                await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
-            restart.cancel()
-            error: BaseException | None = None
-            if hung:
-                error = TimeoutError(
-                    f"no answer from WhatsApp within {self.settings.connect_timeout:g}s"
-                )
-            # Dropped, hung or told to stop: end this client's connect(), unless stop() hangs too.
-            if not connecting.done() and await self._stop_client(self.client):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(connecting), self.settings.stop_timeout)
-            if error is None and connecting.done() and not connecting.cancelled():
-                error = connecting.exception()
+            try:
+                error = await self._attempt()
+            except Exception as exc:  # a bug, or a store that cannot be opened: this session only
+                log.exception("session %s: connection attempt failed", self.session_id)
+                error = exc
             self._connected = False
             if self._stopping or self._ended is not None:
                 break
@@ -216,6 +190,41 @@ class NeonizeSession(SessionClient):
                 await asyncio.wait_for(self._restart.wait(), timeout=delay)
         if self._ended is not None:
             await self._clear_store_if_logged_out()
+
+    async def _attempt(self) -> BaseException | None:
+        """One client, connected until it fails, drops, hangs or is told to stop; returns why
+        it ended (None: dropped or stopped)."""
+        self._emit(ConnectionState.CONNECTING, None)
+        self._restart.clear()
+        self._progress.clear()
+        self.client = self.new_client()
+        connecting = asyncio.ensure_future(
+            in_thread(functools.partial(self._connect, self.client), "connect")
+        )
+        restart = asyncio.create_task(self._restart.wait())
+        progress = asyncio.create_task(self._progress.wait())
+        # A connection that never answers: no QR code and no Connected within the timeout.
+        await asyncio.wait(
+            {connecting, restart, progress},
+            timeout=self.settings.connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        hung = not (connecting.done() or restart.done() or progress.done())
+        progress.cancel()
+        if not hung:
+            await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
+        restart.cancel()
+        # Dropped, hung or told to stop: end this client's connect(), unless stop() hangs too.
+        if not connecting.done() and await self._stop_client(self.client):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connecting), self.settings.stop_timeout)
+        if hung:
+            return TimeoutError(
+                f"no answer from WhatsApp within {self.settings.connect_timeout:g}s"
+            )
+        if connecting.done() and not connecting.cancelled():
+            return connecting.exception()
+        return None
 
     def _connect(self, client: Any) -> None:
         self._connect_attempted = True

@@ -21,49 +21,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from benchlib import bench_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from poller.bootstrap import bootstrap
-from poller.localpg import LocalPostgres, default_folder, pg_bindir
+from poller.localpg import pg_bindir
 
 GROUPS = 20
 EMPLOYEE = uuid.UUID("00000000-0000-4000-8000-0000000e2e01")
-PASSWORD = "wa-bench"
 CLAIMS = json.dumps({"sub": str(EMPLOYEE), "role": "authenticated"})
 
 
-@contextmanager
-def server_url() -> Iterator[str]:
-    url = os.environ.get("WA_DATABASE_URL")
-    if url:
-        yield make_conninfo(**{**conninfo_to_dict(url), "dbname": "postgres"})
-        return
-    server = LocalPostgres(default_folder("bench-pg"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def fresh_database(admin_url: str) -> tuple[str, str]:
-    """A new wa_e2e database, ready, with one team of GROUPS groups: (admin URL, poller URL)."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("drop database if exists wa_e2e with (force)")
-        conn.execute("create database wa_e2e")
-    params = conninfo_to_dict(admin_url)
-    url = make_conninfo(**{**params, "dbname": "wa_e2e"})
-    poller_url = make_conninfo(
-        **{**params, "dbname": "wa_e2e", "user": "wa_poller", "password": PASSWORD}
-    )
-    bootstrap(url, poller_password=PASSWORD)
+def prepare(url: str) -> None:
+    """One team of GROUPS groups on one session, and the employee who sends."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "insert into auth.users (id, email) values (%s, 'bench@agency.test')", [EMPLOYEE]
@@ -85,7 +56,6 @@ def fresh_database(admin_url: str) -> tuple[str, str]:
                 [jid, team_id],
             )
         conn.execute("vacuum analyze")
-    return url, poller_url
 
 
 def start_poller(poller_url: str, workdir: Path) -> subprocess.Popen[bytes]:
@@ -216,9 +186,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    with server_url() as admin_url, tempfile.TemporaryDirectory() as tmp:
-        url, poller_url = fresh_database(admin_url)
-        poller = start_poller(poller_url, Path(tmp))
+    with bench_database("wa_e2e") as database, tempfile.TemporaryDirectory() as tmp:
+        url = database.url
+        prepare(url)
+        poller = start_poller(database.poller_url, Path(tmp))
         try:
             work = Path(tmp)
             paced = [

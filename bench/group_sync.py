@@ -9,23 +9,17 @@ Uses $WA_DATABASE_URL's server if set, otherwise an embedded PostgreSQL in .loca
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from benchlib import bench_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from poller.bootstrap import bootstrap
 from poller.db import Database
 from poller.groups import sync_groups
-from poller.localpg import LocalPostgres, default_folder
 from poller.settings import Settings
 from poller.transports.base import ConnectionState, Receipt
 from poller.transports.simulated import SimulatedTransport
@@ -122,29 +116,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    server = None
-    admin = os.environ.get("WA_DATABASE_URL")
-    if not admin:
-        server = LocalPostgres(default_folder("bench-pg"))
-        server.start()
-        admin = server.url
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("drop database if exists wa_groups with (force)")
-            conn.execute("create database wa_groups")
-        params = conninfo_to_dict(admin)
-        url = make_conninfo(**{**params, "dbname": "wa_groups"})
-        poller_url = make_conninfo(
-            **{**params, "dbname": "wa_groups", "user": "wa_poller", "password": "wa-bench"}
-        )
-        bootstrap(url, poller_password="wa-bench")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "groups.json"
-            groups_file(path, args.groups, args.participants)
-            result = asyncio.run(measure(url, poller_url, path, args.runs))
-    finally:
-        if server is not None:
-            server.stop()
+    with bench_database("wa_groups") as database, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "groups.json"
+        groups_file(path, args.groups, args.participants)
+        result = asyncio.run(measure(database.url, database.poller_url, path, args.runs))
     print(
         json.dumps(
             {

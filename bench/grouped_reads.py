@@ -8,19 +8,11 @@ Uses $WA_DATABASE_URL's server if set, otherwise an embedded PostgreSQL in .loca
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from poller.bootstrap import bootstrap
-from poller.localpg import LocalPostgres, default_folder
+from benchlib import bench_database
 
 FUNCTIONS = {
     "read_grouped": "SQS-style: fills the batch from the oldest group first; a group is skipped "
@@ -71,27 +63,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    url = os.environ.get("WA_DATABASE_URL")
-    server = None
-    if not url:
-        server = LocalPostgres(default_folder("bench-pg"))
-        server.start()
-        url = server.url
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("drop database if exists wa_reads with (force)")
-            conn.execute("create database wa_reads")
-        db = make_conninfo(**{**conninfo_to_dict(url), "dbname": "wa_reads"})
-        bootstrap(db)
-        rates: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
-        with psycopg.connect(db, autocommit=True) as conn:
-            for _ in range(args.runs):
-                for function in FUNCTIONS:  # the same backlog for each, in one run
-                    fill(conn, args.messages, args.groups)
-                    rates[function].append(drain(conn, function, args.batch))
-    finally:
-        if server is not None:
-            server.stop()
+    rates: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
+    with (
+        bench_database("wa_reads") as database,
+        psycopg.connect(database.url, autocommit=True) as conn,
+    ):
+        for _ in range(args.runs):
+            for function in FUNCTIONS:  # the same backlog for each, in one run
+                fill(conn, args.messages, args.groups)
+                rates[function].append(drain(conn, function, args.batch))
     print(
         json.dumps(
             {

@@ -12,20 +12,13 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from benchlib import bench_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from poller.bootstrap import bootstrap
-from poller.localpg import LocalPostgres, default_folder, pg_bindir
+from poller.localpg import pg_bindir
 
 GROUPS = 20
 # A team of employees; each call is made by one of them (ids ...be000 to ...be009).
@@ -58,27 +51,7 @@ RAW_SCRIPT = "\n".join(
 )
 
 
-@contextmanager
-def bench_database() -> Iterator[str]:
-    url = os.environ.get("WA_DATABASE_URL")
-    if url:
-        params = conninfo_to_dict(url)
-        admin = make_conninfo(**{**params, "dbname": "postgres"})
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("drop database if exists wa_bench with (force)")
-            conn.execute("create database wa_bench")
-        yield make_conninfo(**{**params, "dbname": "wa_bench"})
-        return
-    server = LocalPostgres(default_folder("bench-pg"))
-    server.start()
-    try:
-        yield server.create_database("wa_bench")
-    finally:
-        server.stop()
-
-
 def prepare(url: str) -> None:
-    bootstrap(url)
     with psycopg.connect(url, autocommit=True) as conn:
         team = conn.execute("insert into employee_groups (name) values ('Bench') returning id")
         team_id = team.fetchone()[0]
@@ -123,7 +96,8 @@ def main() -> None:
 
     rpc_tps: list[float] = []
     raw_tps: list[float] = []
-    with bench_database() as url:
+    with bench_database("wa_bench") as database:
+        url = database.url
         prepare(url)
         for round_no in range(args.rounds):
             # Alternate which goes first, so table growth and noise fall on both alike.

@@ -58,10 +58,16 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await receipts.flush()
-            await sessions.stop()
+            try:  # with the database gone these would retry for ever: bound them
+                await asyncio.wait_for(_hand_over(receipts, sessions), settings.shutdown_timeout)
+            except TimeoutError:
+                log.warning(
+                    "shutdown: could not record the last receipts and session states in "
+                    "time; the session leases will expire instead"
+                )
     finally:
-        await transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(transport.close(), settings.shutdown_timeout)
         await db.close()
     log.info(
         "poller stopped: sent %d, failed %d, retried %d",
@@ -69,6 +75,11 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
         dispatcher.stats.failed,
         dispatcher.stats.retried,
     )
+
+
+async def _hand_over(receipts: Receipts, sessions: SessionManager) -> None:
+    await receipts.flush()
+    await sessions.stop()
 
 
 async def _dispatch_until_stopped(dispatcher: Dispatcher, stop: asyncio.Event) -> None:

@@ -28,6 +28,7 @@ from poller.errors import ConfigError
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
+from poller.tasks import background
 from poller.transports.base import (
     NotConnected,
     PermanentSendError,
@@ -47,6 +48,7 @@ LINGER_POLL = 0.002
 # costs about the same for 1 message as for 50, so small batches spend the database's CPU on
 # overhead. A light load (a few messages a read) is read at once, for latency.
 LIGHT_BATCH = 4
+LEASE_MARGIN = 1.0  # seconds: a send is not started this close to the end of its lease
 GATHER_PER_MESSAGE = 0.0005
 GATHER_MAX = 0.02
 
@@ -59,6 +61,7 @@ class Job:
     session_id: uuid.UUID
     content: str
     attempts: int
+    leased_until: float  # monotonic time our queue lease is known to last until
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Dispatcher:
         self._parked: defaultdict[uuid.UUID | None, set[int]] = defaultdict(set)
         self._sent: list[tuple[Job, SendResult]] = []
         self._flush_wake = asyncio.Event()
+        self._flush_busy = False
         self._flushing: asyncio.Task[None] | None = None
         self._backoff = wait_exponential_jitter(
             multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
@@ -126,6 +130,7 @@ class Dispatcher:
             qty = min(self.settings.batch_size, room)
             got = 0
             if qty > 0:
+                read_at = time.monotonic()
                 read = await self.db.fetch(
                     "read_batch", {"vt": self.settings.visibility_timeout, "qty": qty}
                 )
@@ -139,9 +144,10 @@ class Dispatcher:
                             "sessions": self.sessions.connected_ids(),
                             "ttl": self.settings.message_ttl,
                             "me": self.sessions.poller_id,
+                            "held": list(self._inflight),
                         },
                     )
-                    mine = await self._admit(rows)
+                    mine = await self._admit(rows, read_at)
                     if not mine:
                         got = 0  # only other pollers' messages: no reason to poll fast
                 if got >= qty:
@@ -157,7 +163,7 @@ class Dispatcher:
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             self.wake.clear()
 
-    async def _admit(self, rows: list[Row]) -> int:
+    async def _admit(self, rows: list[Row], read_at: float) -> int:
         """Route a claimed batch; returns how many of the messages were this poller's."""
         now = datetime.now(UTC)
         ttl = timedelta(seconds=self.settings.message_ttl)
@@ -180,6 +186,7 @@ class Dispatcher:
                     row["session_id"],
                     row["content"],
                     row["attempts"],
+                    leased_until=read_at + self.settings.visibility_timeout,
                 )
                 if held[job.session_id] >= self.settings.session_inflight:
                     over_cap.append(job)  # a slow session must not fill the poller's memory
@@ -187,7 +194,10 @@ class Dispatcher:
                 held[job.session_id] += 1
                 self._inflight[job.msg_id] = job
                 self._queues.setdefault(job.group_jid, deque()).append(job)
-            elif row["held_elsewhere"] and row["status"] in ("pending", "sending"):
+            elif (row["held_elsewhere"] or row["behind"]) and row["status"] in (
+                "pending",
+                "sending",
+            ):
                 elsewhere.append(row["msg_id"])
             elif row["status"] is None:
                 log.warning(
@@ -212,7 +222,7 @@ class Dispatcher:
                 failed.append((row, f"group is read-only: {row['readonly_reason']}"))
             else:
                 park[row["session_id"]].append(row)
-        if elsewhere:  # another poller holds the session: give them back at once
+        if elsewhere:  # another poller's, or behind an earlier message: give them back at once
             await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
         if over_cap:
             await self._release(over_cap, delay=self.settings.park_interval)
@@ -241,6 +251,15 @@ class Dispatcher:
                 if not self.sessions.is_connected(job.session_id):
                     await self._park_jobs(self._take_all(queue))
                     continue
+                if time.monotonic() > job.leased_until - LEASE_MARGIN:
+                    # Our lease may have lapsed (the database was out of reach): another poller
+                    # may have taken the message. Never send it on a lapsed lease.
+                    log.warning(
+                        "lease of queue message %s lapsed before its send; handing the group back",
+                        job.msg_id,
+                    )
+                    await self._release(self._take_all(queue), delay=0.0)
+                    continue
                 limiter = self.sessions.limiters[job.session_id]
                 if not await limiter.acquire(self._stop):
                     continue
@@ -266,8 +285,10 @@ class Dispatcher:
             # Not a send failure (those are handled above): a bug or a database error that is
             # not a lost connection. Stop holding these messages; their leases bring them back.
             log.exception("lane for %s failed; its messages return to the queue", jid)
-            for job in queue:
-                self._inflight.pop(job.msg_id, None)
+            awaiting_write = {job.msg_id for job, _ in self._sent}
+            for msg_id, job in list(self._inflight.items()):
+                if job.group_jid == jid and msg_id not in awaiting_write:
+                    del self._inflight[msg_id]
         finally:
             del self._queues[jid]
             del self._lanes[jid]
@@ -286,27 +307,32 @@ class Dispatcher:
             # Yield once so lanes that are ready add their sends; while the write is in flight
             # more gather, so batches grow with the load without a fixed delay.
             await asyncio.sleep(0)
+            self._flush_busy = True
             try:
                 await self._flush()
             except Exception:
                 log.exception("writing sent statuses failed; those messages return to the queue")
+            finally:
+                self._flush_busy = False
 
     async def _flush(self) -> None:
         batch, self._sent = self._sent, []
         if not batch:
             return
-        # Dropped from memory whatever happens: written, or left to their leases.
-        for job, _ in batch:
-            self._inflight.pop(job.msg_id, None)
-        await self.db.fetch(
-            "record_sent",
-            {
-                "ids": [job.message_id for job, _ in batch],
-                "wa_message_ids": [result.wa_message_id for _, result in batch],
-                "sent_ats": [result.timestamp for _, result in batch],
-                "msg_ids": [job.msg_id for job, _ in batch],
-            },
-        )
+        try:
+            await self.db.fetch(
+                "record_sent",
+                {
+                    "ids": [job.message_id for job, _ in batch],
+                    "wa_message_ids": [result.wa_message_id for _, result in batch],
+                    "sent_ats": [result.timestamp for _, result in batch],
+                    "msg_ids": [job.msg_id for job, _ in batch],
+                },
+            )
+        finally:
+            # Held (and leased) until written, or, if the write failed, left to the lease.
+            for job, _ in batch:
+                self._inflight.pop(job.msg_id, None)
         self.stats.sent += len(batch)
         self.receipts.retry_unmatched()
         self.wake.set()
@@ -393,7 +419,7 @@ class Dispatcher:
     def _unpark(self, session_id: uuid.UUID) -> None:
         msg_ids = self._parked.pop(session_id, set())
         if msg_ids:
-            asyncio.get_running_loop().create_task(self._make_visible(sorted(msg_ids)))
+            background(self._make_visible(sorted(msg_ids)), f"unpark-{session_id}")
         self.wake.set()
 
     async def _make_visible(self, msg_ids: list[int]) -> None:
@@ -405,14 +431,28 @@ class Dispatcher:
         period = self.settings.visibility_timeout / 3
         while True:
             await asyncio.sleep(period)
-            if self._inflight:
+            if not self._inflight:
+                continue
+            renewing = list(self._inflight.values())
+            started = time.monotonic()
+            try:
                 await self.db.fetch(
                     "extend_leases",
-                    {"msg_ids": list(self._inflight), "seconds": self.settings.visibility_timeout},
+                    {
+                        "msg_ids": [j.msg_id for j in renewing],
+                        "seconds": self.settings.visibility_timeout,
+                    },
                 )
+                for job in renewing:
+                    job.leased_until = started + self.settings.visibility_timeout
+            except Exception:  # a lapse here risks duplicates, not loss: keep renewing
+                log.exception("renewing the leases of held messages failed")
 
     async def _drain(self) -> None:
-        """At shutdown: lanes finish the send in hand and release the rest; write what was sent."""
+        """At shutdown: lanes finish the send in hand and release the rest; write what was sent
+        (letting a write already under way finish: cancelling it would lose its statuses)."""
         if self._lanes:
             await asyncio.gather(*self._lanes.values(), return_exceptions=True)
-        await self._flush()
+        while self._sent or self._flush_busy:
+            self._flush_wake.set()
+            await asyncio.sleep(0.005)

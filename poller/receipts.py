@@ -39,7 +39,10 @@ class Receipts:
                 continue
             self._wake.clear()
             await asyncio.sleep(self.flush_interval)  # gather a few
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # this batch is lost to the log; statuses stay at `sent`
+                log.exception("applying receipts failed")
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []

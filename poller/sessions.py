@@ -22,6 +22,7 @@ from poller.db import Database
 from poller.ratelimit import TokenBucket
 from poller.receipts import Receipts
 from poller.settings import Settings
+from poller.tasks import background
 from poller.transports.base import ConnectionState, Receipt, SessionClient, Transport
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,14 @@ class SessionManager:
         self._write("session_logged_out", session_id, reason=reason)
 
     def let_go(self, session_id: uuid.UUID, reason: str) -> None:
-        log.warning("session %s: %s; letting go of it", session_id, reason)
-        asyncio.get_running_loop().create_task(self._give_back(session_id))
-
-    async def _give_back(self, session_id: uuid.UUID) -> None:
-        if session_id in self.clients:
-            await self._drop(session_id)
-            await self.db.execute("lease_release", {"id": session_id, "me": self.poller_id})
+        # Like a logout, without losing the keys: the lease is kept (so no poller of ours starts
+        # a client that would fight the other one) and the client stays stopped until an admin
+        # asks for pairing again (`wa-poller pair`).
+        log.warning("session %s: %s; letting go of it until paired again", session_id, reason)
+        self._ended[session_id] = datetime.now(UTC)
+        client = self.clients.get(session_id)
+        if client is not None:
+            background(client.stop(), f"let-go-{session_id}")
 
     def _write(self, query: str, session_id: uuid.UUID, **params: object) -> None:
         self._writes.put_nowait((query, {"id": session_id, "me": self.poller_id, **params}))
@@ -157,8 +159,9 @@ class SessionManager:
 
     async def _drop(self, session_id: uuid.UUID) -> None:
         self._ended.pop(session_id, None)
-        client = self.clients.pop(session_id)
-        await client.stop()
+        client = self.clients.pop(session_id, None)
+        if client is not None:
+            await client.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeats, and status changes written in order."""
@@ -168,19 +171,26 @@ class SessionManager:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_interval)
                 except TimeoutError:
-                    await self.heartbeat()
+                    try:
+                        await self.heartbeat()
+                    except Exception:  # the next beat tries again; leases last WA_LEASE_TTL
+                        log.exception("heartbeat failed")
         finally:
             writer.cancel()
 
     async def _write_in_order(self) -> None:
         while True:
             query, params = await self._writes.get()
-            await self.db.execute(query, params)
+            try:
+                await self.db.execute(query, params)
+            except Exception:
+                log.exception("writing session state (%s) failed", query)
 
     async def stop(self) -> None:
         """Disconnect, record it, and hand every session back for another poller to take."""
-        for session_id in list(self.clients):
-            await self._drop(session_id)
+        held = list(self.clients)
+        await asyncio.gather(*(self._drop(session_id) for session_id in held))
+        for session_id in held:
             await self.db.execute(
                 "set_session_status",
                 {

@@ -129,6 +129,15 @@ async def events(tmp: str) -> dict[str, Any]:
     out["connected"] = session.connected
     out["own_ids"] = session.own_ids()
 
+    # A Connected from a client that is not the current one (abandoned) changes nothing.
+    stale = session.new_client()
+    session._connected = False
+    dispatch(stale, EVENT_TO_INT[ConnectedEv], Connected(status=True))
+    await settle()
+    out["connected_by_stale_client"] = session.connected
+    dispatch(client, EVENT_TO_INT[ConnectedEv], Connected(status=True))
+    await settle()
+
     group = JID(User="120363025246125888", Server="g.us")
     sender = JID(User="905557654321", Server="s.whatsapp.net")
     for kind in (

@@ -28,6 +28,7 @@ def test_events_through_neonizes_dispatch_reach_the_sink():
     out = scenario("events")
     assert out["send_before_connect"] == "NotConnected: session is not connected"
     assert out["connected"] is True
+    assert out["connected_by_stale_client"] is False
     assert out["own_ids"] == ["905551112233@s.whatsapp.net", "88001234567890@lid"]
     assert out["send_without_socket"].startswith("NotConnected")
     assert out["survived_handler_error"] is True
@@ -37,6 +38,8 @@ def test_events_through_neonizes_dispatch_reach_the_sink():
         ["qr", "2@qr-one,abc,def"],
         ["qr", "2@qr-two,abc,def"],  # rotated: the newest replaces the last
         ["paired", "905551112233@s.whatsapp.net", "88001234567890@lid"],  # device part dropped
+        ["state", "connected", None],
+        ["paired", "905551112233@s.whatsapp.net", "88001234567890@lid"],
         ["state", "connected", None],
         ["receipt", "delivered", ["3EB01A", "3EB01B"], participant],
         ["receipt", "read", ["3EB04A", "3EB04B"], participant],

@@ -51,6 +51,8 @@ def test_session_life_in_the_table(conn, db_url, tmp_path):
         await settle()
         seen["connected"] = row()
         first_client = manager.clients[sid]
+        await manager.heartbeat()  # a paired, running session is not restarted by a heartbeat
+        seen["kept_running"] = manager.clients[sid] is first_client
         manager.logged_out(sid, "logged out: LOGGED_OUT")
         manager.connection_changed(sid, ConnectionState.DISCONNECTED, "logged out: LOGGED_OUT")
         await settle()
@@ -58,9 +60,19 @@ def test_session_life_in_the_table(conn, db_url, tmp_path):
         conn.execute("update whatsapp_sessions set pair_requested_at = now() where id = %s", [sid])
         await manager.heartbeat()
         seen["restarted_for_pairing"] = manager.clients[sid] is not first_client
+        second_client = manager.clients[sid]
         manager.let_go(sid, "stream replaced")
-        await asyncio.sleep(0.3)
-        seen["after_let_go"] = (sid in manager.clients, row()[7])
+        await asyncio.sleep(0.2)
+        await manager.heartbeat()  # no pairing asked since: the session stays let go
+        seen["after_let_go"] = (
+            manager.clients[sid] is second_client,
+            second_client.connected,
+            row()[7],
+        )
+        await asyncio.sleep(0.01)
+        conn.execute("update whatsapp_sessions set pair_requested_at = now() where id = %s", [sid])
+        await manager.heartbeat()
+        seen["repaired_after_let_go"] = manager.clients[sid] is not second_client
         writer.cancel()
         await manager.stop()
         await db.close()
@@ -99,4 +111,6 @@ def test_session_life_in_the_table(conn, db_url, tmp_path):
         "manager-test",
     )
     assert seen["restarted_for_pairing"] is True
-    assert seen["after_let_go"] == (False, None)
+    assert seen["kept_running"] is True
+    assert seen["after_let_go"] == (True, False, "manager-test")  # stopped, lease kept
+    assert seen["repaired_after_let_go"] is True

@@ -123,8 +123,7 @@ class NeonizeTransport(Transport):
         return session
 
     async def close(self) -> None:
-        for session in self.sessions:
-            await session.stop()
+        await asyncio.gather(*(session.stop() for session in self.sessions))
 
 
 class NeonizeSession(SessionClient):
@@ -330,9 +329,13 @@ class NeonizeSession(SessionClient):
 
     # -- events (Go thread) ----------------------------------------------------------------
 
-    def _on_qr(self, _client: Any, data: bytes) -> None:
-        self._soon(self._progress.set)
-        self._soon(self.sink.qr_code, self.session_id, data.decode())
+    def _on_qr(self, client: Any, data: bytes) -> None:
+        self._soon(self._qr_now, client, data.decode())
+
+    def _qr_now(self, client: Any, code: str) -> None:
+        if client is self.client:  # not a late event of an abandoned client
+            self._progress.set()
+            self.sink.qr_code(self.session_id, code)
 
     def _on_pair_status(self, _client: Any, event: Any) -> None:
         jid = jid_string(event.ID)
@@ -343,9 +346,11 @@ class NeonizeSession(SessionClient):
         me = client.me  # set by neonize from the Device event that precedes Connected
         own_jid = jid_string(getattr(me, "JID", None)) if me is not None else None
         own_lid = jid_string(getattr(me, "LID", None)) if me is not None else None
-        self._soon(self._connected_now, own_jid, own_lid)
+        self._soon(self._connected_now, client, own_jid, own_lid)
 
-    def _connected_now(self, own_jid: str | None, own_lid: str | None) -> None:
+    def _connected_now(self, client: Any, own_jid: str | None, own_lid: str | None) -> None:
+        if client is not self.client or self._stopping or self._ended is not None:
+            return  # a late event of an abandoned client must not mark the session connected
         self._progress.set()
         self._connected = True
         self.attempts = 0
@@ -354,10 +359,12 @@ class NeonizeSession(SessionClient):
             self.sink.paired(self.session_id, own_jid, own_lid)
         self._emit(ConnectionState.CONNECTED, None)
 
-    def _on_disconnected(self, _client: Any, _event: Any) -> None:
-        self._soon(self._dropped, "connection dropped")
+    def _on_disconnected(self, client: Any, _event: Any) -> None:
+        self._soon(self._dropped, client, "connection dropped")
 
-    def _dropped(self, reason: str) -> None:
+    def _dropped(self, client: Any, reason: str) -> None:
+        if client is not self.client:
+            return  # an abandoned client's farewell: the current attempt goes on
         self._connected = False
         log.info("session %s: %s", self.session_id, reason)
         self._restart.set()  # our backoff, not whatsmeow's own reconnect loop
@@ -411,7 +418,9 @@ class NeonizeSession(SessionClient):
             raise NotConnected("session is not connected")
         started = time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(function), self.settings.send_timeout)
+            return await asyncio.wait_for(
+                asyncio.shield(in_thread(function, what)), self.settings.send_timeout
+            )
         except TimeoutError as exc:
             raise TransientSendError(
                 f"{what} timed out after {time.monotonic() - started:.0f}s"

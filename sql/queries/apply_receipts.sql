@@ -16,8 +16,9 @@ with r as (
       read_at = case when %(kind)s = 'read' then coalesce(m.read_at, f.at) else m.read_at end
   from found f
   where m.id = f.id
-    and f.status in ('sent', 'delivered')
-    and f.status < %(kind)s::public.message_status
+    -- m.status, not f.status: re-checked against the newest row if another writer got there
+    and m.status in ('sent', 'delivered')
+    and m.status < %(kind)s::public.message_status
 ), per_participant as (
   insert into public.message_receipts as mr (message_id, participant, delivered_at, read_at)
   select distinct on (id, participant) id, participant, at,

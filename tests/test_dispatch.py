@@ -300,3 +300,83 @@ def test_group_receipts_are_kept_per_participant(conn, data):
         assert conn.execute("select count(*) from message_receipts").fetchone()[0] == 3
     with acting_as(conn, "other_employee", data):  # another team does not
         assert conn.execute("select count(*) from message_receipts").fetchone()[0] == 0
+
+
+def test_a_message_behind_an_earlier_one_of_its_group_is_not_claimed(conn, data):
+    """Two pollers' reads can race inside read_grouped_rr and offer a later message while an
+    earlier one of the group is still queued (leased by the other poller): it is handed back."""
+    from poller.resources import query
+    from tests.personas import G1, send_as
+
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    first = send_as(conn, "employee", data, G1, "birinci")
+    second = send_as(conn, "employee", data, G1, "ikinci")
+    ids = dict(conn.execute("select message->>'message_id', msg_id from pgmq.q_whatsapp_outbound"))
+    conn.execute(
+        "update whatsapp_sessions set lease_owner = 'me', "
+        "lease_expires_at = now() + interval '1 minute'"
+    )
+
+    def claim(message: dict, held: list[int]) -> tuple[bool, bool]:
+        msg_id = ids[str(message["id"])]
+        row = conn.execute(
+            query("claim_messages"),
+            {
+                "msg_ids": [msg_id],
+                "message_ids": [message["id"]],
+                "sessions": [data.session],
+                "ttl": 3600,
+                "me": "me",
+                "held": held,
+            },
+        ).fetchone()
+        names = [
+            d.name
+            for d in conn.execute(
+                query("claim_messages"),
+                {
+                    "msg_ids": [],
+                    "message_ids": [],
+                    "sessions": [],
+                    "ttl": 1,
+                    "me": "me",
+                    "held": [],
+                },
+            ).description
+        ]
+        record = dict(zip(names, row, strict=True))
+        return record["claimed"], record["behind"]
+
+    assert claim(second, held=[]) == (False, True)
+    assert claim(second, held=[ids[str(first["id"])]]) == (True, False)  # ours: it goes after
+
+
+def test_sigterm_during_a_slow_status_write_loses_no_status(conn, db_url, tmp_path):
+    """A status write still under way at SIGTERM is finished, not cancelled."""
+    import threading
+
+    team = make_team(conn, groups=4)
+    enqueue(conn, list(team.groups), per_group=20)
+    poller = Poller(db_url, tmp_path, sim_latency_ms=30, shutdown_timeout=8).start()
+    wait_until(lambda: len(poller.sends()) >= 8, 20, "a few sends")
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_rows() -> None:  # a slow database: the next status write (it archives) waits
+        with psycopg.connect(db_url) as other:
+            other.execute("lock table pgmq.a_whatsapp_outbound in exclusive mode")
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_rows)
+    holder.start()
+    locked.wait(10)
+    time.sleep(0.3)  # sends finish and their write blocks on the locked rows
+    poller.proc.send_signal(15)
+    time.sleep(1.0)
+    release.set()
+    holder.join()
+    assert poller.proc.wait(timeout=20) == 0
+    counts = status_counts(conn)
+    assert "sending" not in counts, counts
+    assert counts.get("sent", 0) + counts.get("delivered", 0) == len(poller.sends()), counts

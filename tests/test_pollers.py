@@ -16,6 +16,8 @@ from tests.poller_support import (
 )
 
 LEASE_TTL = 2.0
+PER_GROUP = 100
+TOTAL = 8 * PER_GROUP
 
 
 def owners(conn) -> Counter:
@@ -30,10 +32,10 @@ def owners(conn) -> Counter:
 def test_two_pollers_split_the_sessions_and_survive_a_kill(conn, db_url, tmp_path):
     team = make_team(conn, groups=8, sessions=4)
     a = Poller(
-        db_url, tmp_path / "a", poller_id="poller-a", sim_latency_ms=20, visibility_timeout=2
+        db_url, tmp_path / "a", poller_id="poller-a", sim_latency_ms=50, visibility_timeout=2
     )
     b = Poller(
-        db_url, tmp_path / "b", poller_id="poller-b", sim_latency_ms=20, visibility_timeout=2
+        db_url, tmp_path / "b", poller_id="poller-b", sim_latency_ms=50, visibility_timeout=2
     )
     a.start()
     try:
@@ -44,30 +46,33 @@ def test_two_pollers_split_the_sessions_and_survive_a_kill(conn, db_url, tmp_pat
             20,
             f"an even split\n{a.output()[-2000:]}\n{b.output()[-2000:]}",
         )
-        enqueue(conn, list(team.groups), per_group=50)
-        wait_until(
-            lambda: len(a.sends()) >= 20 and len(b.sends()) >= 20, 30, "both pollers to send"
-        )
+        enqueue(conn, list(team.groups), per_group=PER_GROUP)
+        wait_until(lambda: len(a.sends()) >= 10, 30, "poller A to send")
         a.kill()
+        assert len(a.sends()) < 4 * PER_GROUP, "poller A finished before the kill"
         killed_at = time.monotonic()
         wait_until(lambda: owners(conn) == {"poller-b": 4}, 10, "poller B to take over")
         takeover = time.monotonic() - killed_at
         assert takeover <= LEASE_TTL + 2.0, takeover
         wait_until(
             lambda: (
-                sum(v for k, v in status_counts(conn).items() if k in ("sent", "delivered")) == 400
+                sum(v for k, v in status_counts(conn).items() if k in ("sent", "delivered"))
+                == TOTAL
             ),
             60,
-            f"all 400 messages\n{b.output()[-3000:]}",
+            f"all messages\n{b.output()[-3000:]}",
         )
     finally:
         a.stop_quietly()
         assert b.terminate() == 0
     sends = sorted(a.sends() + b.sends(), key=lambda e: e["t"])
-    assert len({s["message_id"] for s in sends}) == 400
+    assert len({s["message_id"] for s in sends}) == TOTAL
     assert first_send_order(sends) == queue_order(conn)
-    assert {s["session"] for s in b.sends()} == {str(s) for s in team.sessions}
+    per_poller = {
+        name: Counter(e["session"][:8] for e in p.sends()) for name, p in (("a", a), ("b", b))
+    }
+    assert {s["session"] for s in b.sends()} == {str(s) for s in team.sessions}, per_poller
     print(
         f"\ntakeover after SIGKILL: {takeover:.2f} s (lease TTL {LEASE_TTL} s); "
-        f"{len(sends) - 400} duplicate send(s)"
+        f"{len(sends) - TOTAL} duplicate send(s)"
     )

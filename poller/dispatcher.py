@@ -397,10 +397,12 @@ class Dispatcher:
             self._inflight.pop(job.msg_id, None)
 
     async def _park_jobs(self, jobs: list[Job]) -> None:
-        await self._release(jobs, delay=self.settings.park_interval)
+        """Jobs taken from a lane whose session went down: parked like unclaimed messages."""
+        if not jobs:
+            return
+        await self._park(jobs[0].session_id, [(j.message_id, j.msg_id) for j in jobs])
         for job in jobs:
-            self._parked[job.session_id].add(job.msg_id)
-        self.stats.parked += len(jobs)
+            self._inflight.pop(job.msg_id, None)
 
     async def _park(self, session_id: uuid.UUID | None, items: list[tuple[uuid.UUID, int]]) -> None:
         """Messages whose session is not connected wait (no attempt counted) and are looked at

@@ -5,6 +5,7 @@ import itertools
 import os
 import pwd
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +43,23 @@ def start_server() -> PostgreSQLExecutor:
         # fsync off: a test server's data need not survive a power cut.
         postgres_options=server_options(max_connections=300) + " -c fsync=off",
     )
-    executor.start()
+    start_and_wait(executor)
     return executor
+
+
+def start_and_wait(executor: PostgreSQLExecutor, timeout: float = 60) -> None:
+    """Start the server and wait until it takes connections: the executor returns as soon as the
+    port is open, which can be while the server still says "the database system is starting up"."""
+    executor.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(server_url(executor), connect_timeout=5).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from poller.bootstrap import bootstrap
-from tests.conftest import POLLER_PASSWORD, server_url, start_server
+from tests.conftest import POLLER_PASSWORD, server_url, start_and_wait, start_server
 from tests.poller_support import (
     Poller,
     enqueue,
@@ -89,7 +89,7 @@ def test_database_restart_under_the_poller(own_server, tmp_path):
         wait_until(lambda: len(poller.sends()) >= 50, 30, "sends before the restart")
         server.stop()
         time.sleep(2)
-        server.start()
+        start_and_wait(server)
         with psycopg.connect(url, autocommit=True) as conn:
             enqueue(conn, list(team.groups), per_group=5, tag="after restart")
             wait_until(

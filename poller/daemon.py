@@ -17,7 +17,7 @@ from poller.transports import make_transport
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "pgmq.q_whatsapp_outbound.INSERT"
+NOTIFY_CHANNEL = "wa_outbound"  # see private.wake_outbound_listener
 STATS_EVERY = 10.0  # seconds between progress lines
 
 

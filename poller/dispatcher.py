@@ -6,10 +6,10 @@ its `sent` status, so a crash can only repeat a send whose acknowledgement had n
 yet (the messages in flight at that moment); everything else is either still leased (and comes
 back when the lease ends) or final.
 
-Per-group order: pgmq's read_grouped_rr only offers a group while its oldest message is visible,
-and a lane (one per group) sends its messages one after another and stops at the first transient
-failure, releasing the rest behind it. So a later message never overtakes an earlier one, across
-retries, restarts and pollers.
+Per-group order: the read (private.take_outbound, with pgmq read_grouped_rr's rule) only offers
+a group while its oldest message is visible, and a lane (one per group) sends its messages one
+after another and stops at the first transient failure, releasing the rest behind it. So a later
+message never overtakes an earlier one, across retries, restarts and pollers.
 """
 
 import asyncio
@@ -38,12 +38,10 @@ from poller.transports.base import (
 
 log = logging.getLogger(__name__)
 
-REQUIRED_PGMQ_FUNCTIONS = ("read_grouped_rr", "set_vt", "archive")
+REQUIRED_PGMQ_FUNCTIONS = ("set_vt", "archive")
 FINAL_STATUSES = {"sent", "delivered", "read", "failed"}
-# After a batch, poll fast for a while: the insert notification is throttled, so a message
-# that lands inside the throttle window would otherwise wait for the next one.
-LINGER_SECONDS = 0.1
-LINGER_POLL = 0.002
+# The listener cannot be armed while an insert into the queue is mid-commit: look again soon.
+ARM_RETRY = 0.001
 # Under load, let the next batch gather before reading it: each read, claim and status write
 # costs about the same for 1 message as for 50, so small batches spend the database's CPU on
 # overhead. A light load (a few messages a read) is read at once, for latency.
@@ -124,44 +122,45 @@ class Dispatcher:
             flusher.cancel()
 
     async def _read_loop(self) -> None:
-        linger_until = 0.0
+        # `armed`: the listener was armed before the last read, so any message that read missed
+        # will notify; until then, waits are short.
+        armed = False
         while not self._stop.is_set():
             room = self.settings.max_inflight - len(self._inflight)
             qty = min(self.settings.batch_size, room)
             got = 0
             if qty > 0:
                 read_at = time.monotonic()
-                read = await self.db.fetch(
-                    "read_batch", {"vt": self.settings.visibility_timeout, "qty": qty}
+                rows = await self.db.fetch(
+                    "take",
+                    {
+                        "me": self.sessions.poller_id,
+                        "sessions": self.sessions.connected_ids(),
+                        "held": list(self._inflight),
+                        "vt": self.settings.visibility_timeout,
+                        "qty": qty,
+                        "ttl": self.settings.message_ttl,
+                    },
                 )
-                got = len(read)
-                if read:
-                    rows = await self.db.fetch(
-                        "claim_messages",
-                        {
-                            "msg_ids": [r["msg_id"] for r in read],
-                            "message_ids": [r["message_id"] for r in read],
-                            "sessions": self.sessions.connected_ids(),
-                            "ttl": self.settings.message_ttl,
-                            "me": self.sessions.poller_id,
-                            "held": list(self._inflight),
-                        },
-                    )
-                    mine = await self._admit(rows, read_at)
-                    if not mine:
-                        got = 0  # only other pollers' messages: no reason to poll fast
+                got = await self._admit(rows, read_at) if rows else 0
                 if got >= qty:
+                    armed = False
                     continue  # a full batch: more is probably waiting
                 if got > LIGHT_BATCH:
+                    armed = False
                     await asyncio.sleep(min(GATHER_MAX, got * GATHER_PER_MESSAGE))
                     continue
-            now = time.monotonic()
-            if got:
-                linger_until = now + LINGER_SECONDS
-            timeout = LINGER_POLL if now < linger_until else self.settings.poll_interval
+            if got or not armed:
+                armed = (await self.db.fetch("arm_listener"))[0]["armed"]
+                if armed:
+                    continue  # read once more: whatever comes after it will notify
+                timeout = ARM_RETRY  # an insert is mid-commit: it will be there in a moment
+            else:
+                timeout = self.settings.poll_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             self.wake.clear()
+            armed = False  # a notification cleared the flag, or the wait was long
 
     async def _admit(self, rows: list[Row], read_at: float) -> int:
         """Route a claimed batch; returns how many of the messages were this poller's."""

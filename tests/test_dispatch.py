@@ -303,9 +303,8 @@ def test_group_receipts_are_kept_per_participant(conn, data):
 
 
 def test_a_message_behind_an_earlier_one_of_its_group_is_not_claimed(conn, data):
-    """Two pollers' reads can race inside read_grouped_rr and offer a later message while an
-    earlier one of the group is still queued (leased by the other poller): it is handed back."""
-    from poller.resources import query
+    """Two pollers' reads can race and offer a later message while an earlier one of the group
+    is still queued (leased by the other poller): the claim hands it back."""
     from tests.personas import G1, send_as
 
     conn.execute("delete from pgmq.q_whatsapp_outbound")
@@ -318,37 +317,85 @@ def test_a_message_behind_an_earlier_one_of_its_group_is_not_claimed(conn, data)
     )
 
     def claim(message: dict, held: list[int]) -> tuple[bool, bool]:
-        msg_id = ids[str(message["id"])]
-        row = conn.execute(
-            query("claim_messages"),
-            {
-                "msg_ids": [msg_id],
-                "message_ids": [message["id"]],
-                "sessions": [data.session],
-                "ttl": 3600,
-                "me": "me",
-                "held": held,
-            },
+        return conn.execute(
+            "select claimed, behind from private.claim_outbound("
+            "  %s::bigint[], %s::uuid[], %s::uuid[], 'me', %s::bigint[], 3600)",
+            [[ids[str(message["id"])]], [message["id"]], [data.session], held],
         ).fetchone()
-        names = [
-            d.name
-            for d in conn.execute(
-                query("claim_messages"),
-                {
-                    "msg_ids": [],
-                    "message_ids": [],
-                    "sessions": [],
-                    "ttl": 1,
-                    "me": "me",
-                    "held": [],
-                },
-            ).description
-        ]
-        record = dict(zip(names, row, strict=True))
-        return record["claimed"], record["behind"]
 
     assert claim(second, held=[]) == (False, True)
     assert claim(second, held=[ids[str(first["id"])]]) == (True, False)  # ours: it goes after
+
+
+def take(conn, me: str, sessions: list, qty: int = 10) -> list[tuple]:
+    return conn.execute(
+        "select group_jid, content, claimed from private.take_outbound("
+        "  %s, %s::uuid[], '{}', 30, %s, 3600)",
+        [me, sessions, qty],
+    ).fetchall()
+
+
+def test_the_read_keeps_group_order_and_skips_sessions_held_by_another_poller(conn, data):
+    from tests.personas import G1, G2, send_as
+
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    for n in range(3):
+        send_as(conn, "employee", data, G1, f"g1-{n}")
+        send_as(conn, "other_employee", data, G2, f"g2-{n}")
+    conn.execute(
+        "update whatsapp_sessions set lease_owner = 'other', "
+        "lease_expires_at = now() + interval '1 minute'"
+    )
+    assert take(conn, "me", [data.session]) == []  # all of it is the other poller's
+    assert conn.execute("select sum(read_ct) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
+    conn.execute("update whatsapp_sessions set lease_expires_at = now() - interval '1 second'")
+    got = take(conn, "me", [data.session], qty=4)  # a lapsed lease: the session is free
+    # Round robin: the head of each group, then the next of each; in queue order overall.
+    assert sorted(got, key=lambda r: r[1][-1]) == [
+        (G1, "g1-0", True),
+        (G2, "g2-0", True),
+        (G1, "g1-1", True),
+        (G2, "g2-1", True),
+    ]
+    assert take(conn, "me", [data.session]) == []  # the heads are in flight: nothing overtakes
+    statuses = conn.execute(
+        "select content, status::text from messages where content like 'g_-_' order by content"
+    ).fetchall()
+    assert dict(statuses) == {
+        "g1-0": "sending",
+        "g1-1": "sending",
+        "g1-2": "pending",
+        "g2-0": "sending",
+        "g2-1": "sending",
+        "g2-2": "pending",
+    }
+
+
+def test_an_armed_listener_is_notified_once_and_not_while_an_insert_is_open(db_url, data):
+    """The wake-up: the first insert after an arm notifies, later ones do not; and the arm is
+    refused while a transaction that inserted into the queue has not committed."""
+    from tests.conftest import poller_url
+    from tests.personas import G1, send_as
+
+    with (
+        psycopg.connect(poller_url(db_url), autocommit=True) as poller,
+        psycopg.connect(db_url, autocommit=True) as producer,
+    ):
+        poller.execute("listen wa_outbound")
+
+        def notified() -> int:
+            return len(list(poller.notifies(timeout=0.3)))
+
+        send_as(producer, "employee", data, G1, "before the arm")
+        assert notified() == 0
+        assert poller.execute("select private.arm_outbound_listener()").fetchone()[0] is True
+        send_as(producer, "employee", data, G1, "wakes the poller")
+        send_as(producer, "employee", data, G1, "no second notification")
+        assert notified() == 1
+        with producer.transaction():
+            send_as(producer, "employee", data, G1, "not committed yet")
+            assert poller.execute("select private.arm_outbound_listener()").fetchone()[0] is False
+        assert poller.execute("select private.arm_outbound_listener()").fetchone()[0] is True
 
 
 def test_sigterm_during_a_slow_status_write_loses_no_status(conn, db_url, tmp_path):

@@ -1,0 +1,204 @@
+-- The poller's read of the outbound queue, in one round trip with plans cached by plpgsql
+-- (pgmq.read_grouped_rr builds and plans its SQL at every call), and a wake-up that costs the
+-- producers nothing while the poller is busy.
+
+-- Loads what sending needs for a batch of queue messages and marks `sending` the messages that
+-- can go now: their session is held by the calling poller and connected, the group is open,
+-- they have not expired, and no earlier message of their group is queued outside what the
+-- caller holds (`p_held`) or this batch.
+-- `held_elsewhere`: the session is held by another live poller, which will send it.
+-- `behind`: an earlier message of the group is still queued elsewhere; it must go first.
+create function private.claim_outbound(
+  p_msg_ids bigint[],
+  p_message_ids uuid[],
+  p_sessions uuid[],
+  p_me text,
+  p_held bigint[],
+  p_ttl double precision
+) returns table (
+  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
+  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
+  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
+)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  return query
+  with batch as (
+    select * from unnest(p_msg_ids, p_message_ids) as b(msg_id, message_id)
+  ), found as (
+    select b.msg_id, b.message_id, m.group_jid::text, m.content::text, m.status::text as status,
+           m.attempts::integer,
+           m.created_at, g.session_id, g.is_active, g.is_readonly, g.readonly_reason::text,
+           coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false) as held_elsewhere
+    from batch b
+    left join public.messages m on m.id = b.message_id
+    left join public.whatsapp_groups g on g.jid = m.group_jid
+    left join public.whatsapp_sessions s on s.id = g.session_id
+  ), earliest as (
+    select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as msg_id
+    from pgmq.q_whatsapp_outbound q
+    where q.headers ->> 'x-pgmq-group' in (select f.group_jid from found f)
+      and q.msg_id <> all(p_msg_ids)
+      and q.msg_id <> all(p_held)
+    group by 1
+  ), checked as (
+    select f.*, coalesce(e.msg_id < f.msg_id, false) as behind
+    from found f left join earliest e on e.group_jid = f.group_jid
+  ), claimed as (
+    update public.messages m
+    set status = 'sending'
+    from checked f
+    where m.id = f.message_id
+      and f.status in ('pending', 'sending')
+      and f.session_id = any(p_sessions)
+      and not f.held_elsewhere and not f.behind
+      and f.is_active and not f.is_readonly
+      and f.created_at > now() - make_interval(secs => p_ttl)
+    returning m.id
+  )
+  select f.msg_id, f.message_id, f.group_jid, f.content, f.status, f.attempts, f.created_at,
+         f.session_id, f.is_active, f.is_readonly, f.readonly_reason, f.held_elsewhere, f.behind,
+         f.message_id in (select c.id from claimed c)
+  from checked f
+  order by f.msg_id;
+end
+$$;
+
+-- Per-group FIFO read, then the claim. The read keeps read_grouped_rr's rule (a group is offered
+-- only while its oldest message is visible; round robin across groups, then in order within
+-- each) and skips the groups whose session another live poller holds, so pollers do not read
+-- and hand back each other's messages. The claim is a statement of its own: it takes a newer
+-- snapshot, which sees the message row of every queue row the read took (they commit together).
+create function private.take_outbound(
+  p_me text,
+  p_sessions uuid[],
+  p_held bigint[],
+  p_vt integer,
+  p_qty integer,
+  p_ttl double precision
+) returns table (
+  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
+  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
+  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
+)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  v_msg_ids bigint[];
+  v_message_ids uuid[];
+begin
+  with heads as (
+    select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as head_msg_id
+    from pgmq.q_whatsapp_outbound q
+    group by 1
+  ), open_groups as (
+    select h.group_jid, h.head_msg_id, row_number() over (order by h.head_msg_id) as priority
+    from heads h
+    join pgmq.q_whatsapp_outbound head on head.msg_id = h.head_msg_id
+    left join public.whatsapp_groups g on g.jid = h.group_jid
+    left join public.whatsapp_sessions s on s.id = g.session_id
+    where head.vt <= clock_timestamp()
+      and not coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false)
+      -- Two readers at once never take from the same group.
+      and pg_try_advisory_xact_lock(pg_catalog.hashtextextended(h.group_jid, 0))
+  ), available as (
+    select m.msg_id, o.priority,
+           row_number() over (partition by o.group_jid order by m.msg_id) as rank_in_group
+    from open_groups o
+    join pgmq.q_whatsapp_outbound m on m.headers ->> 'x-pgmq-group' = o.group_jid
+    where m.vt <= clock_timestamp() and m.msg_id >= o.head_msg_id
+  ), picked as (
+    select a.msg_id from available a order by a.rank_in_group, a.priority limit p_qty
+  ), locked as (
+    select m.msg_id from pgmq.q_whatsapp_outbound m
+    where m.msg_id in (select p.msg_id from picked p)
+    for update skip locked
+  ), leased as (
+    update pgmq.q_whatsapp_outbound m
+    set vt = clock_timestamp() + make_interval(secs => p_vt),
+        read_ct = m.read_ct + 1,
+        last_read_at = clock_timestamp()
+    from locked l
+    where m.msg_id = l.msg_id and m.vt <= clock_timestamp()
+    returning m.msg_id, (m.message ->> 'message_id')::uuid as message_id
+  )
+  select coalesce(array_agg(l.msg_id), '{}'), coalesce(array_agg(l.message_id), '{}')
+  into v_msg_ids, v_message_ids
+  from leased l;
+
+  if cardinality(v_msg_ids) > 0 then
+    return query select * from private.claim_outbound(
+      v_msg_ids, v_message_ids, p_sessions, p_me, p_held, p_ttl);
+  end if;
+end
+$$;
+
+-- The wake-up. pgmq's insert notification must be throttled (NOTIFY serialises the commits of
+-- every notifying transaction), so it costs either latency or throughput. Instead an idle poller
+-- arms a flag and the first insert after it notifies once, clearing it: a busy poller costs the
+-- producers nothing, an idle one hears of the next message at once.
+do $$
+begin
+  if exists (select 1 from pgmq.notify_insert_throttle where queue_name = 'whatsapp_outbound') then
+    perform pgmq.disable_notify_insert('whatsapp_outbound');
+  end if;
+end
+$$;
+
+create table private.outbound_listener (
+  id boolean primary key default true check (id),
+  armed boolean not null default false
+);
+comment on table private.outbound_listener is
+  'One row: true while a poller waits for the next message (the next insert notifies).';
+insert into private.outbound_listener default values;
+alter table private.outbound_listener enable row level security;
+create policy "The poller can arm the listener" on private.outbound_listener
+  for all to wa_poller using (true) with check (true);
+grant select, update (armed) on private.outbound_listener to wa_poller;
+
+create function private.wake_outbound_listener() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update private.outbound_listener set armed = false where armed;
+  if found then
+    perform pg_notify('wa_outbound', '');
+  end if;
+  return null;
+end
+$$;
+
+create trigger wake_outbound_listener after insert on pgmq.q_whatsapp_outbound
+  for each statement execute function private.wake_outbound_listener();
+
+-- Arms the flag, or returns false while a transaction that inserted into the queue is still
+-- open. The SHARE lock (never waited for: NOWAIT) proves every earlier insert has committed, so
+-- a read after this returns sees them, and every later insert sees the flag and notifies.
+create function private.arm_outbound_listener() returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  lock table pgmq.q_whatsapp_outbound in share mode nowait;
+  update private.outbound_listener set armed = true where not armed;
+  return true;
+exception when lock_not_available then
+  return false;
+end
+$$;
+
+revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
+  private.take_outbound(text, uuid[], bigint[], integer, integer, double precision),
+  private.wake_outbound_listener(),
+  private.arm_outbound_listener() from public;
+grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
+  private.take_outbound(text, uuid[], bigint[], integer, integer, double precision),
+  private.arm_outbound_listener() to wa_poller;

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 
 REQUIRED_PGMQ_FUNCTIONS = ("set_vt", "archive")
 FINAL_STATUSES = {"sent", "delivered", "read", "failed"}
-# The listener cannot be armed while an insert into the queue is mid-commit: look again soon.
+# The listener cannot be armed while the queue table is being written (an insert mid-commit, a
+# status write, a vacuum): look again soon, backing off while that lasts.
 ARM_RETRY = 0.001
+ARM_RETRY_MAX = 0.05
 # Under load, let the next batch gather before reading it: each read, claim and status write
 # costs about the same for 1 message as for 50, so small batches spend the database's CPU on
 # overhead. A light load (a few messages a read) is read at once, for latency.
@@ -125,6 +127,7 @@ class Dispatcher:
         # `armed`: the listener was armed before the last read, so any message that read missed
         # will notify; until then, waits are short.
         armed = False
+        arm_retry = ARM_RETRY
         while not self._stop.is_set():
             room = self.settings.max_inflight - len(self._inflight)
             qty = min(self.settings.batch_size, room)
@@ -153,8 +156,9 @@ class Dispatcher:
             if got or not armed:
                 armed = (await self.db.fetch("arm_listener"))[0]["armed"]
                 if armed:
+                    arm_retry = ARM_RETRY
                     continue  # read once more: whatever comes after it will notify
-                timeout = ARM_RETRY  # an insert is mid-commit: it will be there in a moment
+                timeout, arm_retry = arm_retry, min(arm_retry * 2, ARM_RETRY_MAX)
             else:
                 timeout = self.settings.poll_interval
             with contextlib.suppress(TimeoutError):

@@ -59,6 +59,7 @@ def test_grouped_reads_bench_prints_json(pg_server):
         "read_grouped_rr",
         "read_grouped_head",
         "read",
+        "take_outbound",
     }
     assert all(rate > 0 for rate in report["messages_per_s"].values())
 

@@ -427,3 +427,30 @@ def test_sigterm_during_a_slow_status_write_loses_no_status(conn, db_url, tmp_pa
     counts = status_counts(conn)
     assert "sending" not in counts, counts
     assert counts.get("sent", 0) + counts.get("delivered", 0) == len(poller.sends()), counts
+
+
+def test_an_idle_poller_is_woken_by_the_next_message_not_by_polling(conn, db_url, tmp_path):
+    """With the fallback poll at 60 s, each message sent one at a time to an idle poller goes out
+    at once; also when an insert transaction is open while the poller tries to arm."""
+    jids = list(make_team(conn, groups=2).groups)
+    poller = Poller(db_url, tmp_path, poll_interval=60, sim_delivered_after_ms=0).start()
+    try:
+        wait_until(lambda: "connected" in poller.output(), 20, "the session to connect")
+        with psycopg.connect(db_url) as slow:  # an insert left open, committed later
+            enqueue(slow, [jids[0]], per_group=1, tag="slow")
+            time.sleep(0.3)
+            slow.commit()
+        for n in range(10):
+            time.sleep(0.1)  # idle in between
+            enqueue(conn, [jids[1]], per_group=1, tag=f"one-{n}")
+            wait_until(lambda n=n: len(poller.sends()) == n + 2, 5, f"message {n} to be sent")
+        latencies = [
+            r[0]
+            for r in conn.execute(
+                "select extract(epoch from sent_at - created_at)::float8 from messages"
+            )
+        ]
+    finally:
+        assert poller.terminate() == 0
+    assert len(latencies) == 11
+    assert max(latencies) < 1.0, latencies

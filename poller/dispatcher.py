@@ -367,6 +367,7 @@ class Dispatcher:
             {"id": job.message_id, "error": str(exc), "msg_id": job.msg_id, "delay": delay},
         )
         self._inflight.pop(job.msg_id, None)
+        self._wake_after(delay)
         self.stats.retried += 1
 
     async def _record_failed(self, items: list[tuple[uuid.UUID, int, str, int]]) -> None:
@@ -398,6 +399,13 @@ class Dispatcher:
         )
         for job in jobs:
             self._inflight.pop(job.msg_id, None)
+        self._wake_after(delay)
+
+    def _wake_after(self, delay: float) -> None:
+        """Read again when messages made invisible for `delay` come back: becoming visible
+        notifies nobody, and the fallback poll may be far off."""
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     async def _park_jobs(self, jobs: list[Job]) -> None:
         """Jobs taken from a lane whose session went down: parked like unclaimed messages."""
@@ -420,6 +428,7 @@ class Dispatcher:
         )
         self._parked[session_id].update(i[1] for i in items)
         self.stats.parked += len(items)
+        self._wake_after(self.settings.park_interval)
 
     def _unpark(self, session_id: uuid.UUID) -> None:
         msg_ids = self._parked.pop(session_id, set())

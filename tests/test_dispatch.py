@@ -429,6 +429,42 @@ def test_sigterm_during_a_slow_status_write_loses_no_status(conn, db_url, tmp_pa
     assert counts.get("sent", 0) + counts.get("delivered", 0) == len(poller.sends()), counts
 
 
+def test_an_insert_never_waits_behind_another_while_the_listener_is_armed(db_url, data):
+    """A long transaction that inserted while the flag was armed holds the flag row; a second
+    sender neither waits for it nor depends on it: it commits at once and notifies itself."""
+    from tests.conftest import poller_url
+    from tests.personas import G1, send_as
+
+    with (
+        psycopg.connect(poller_url(db_url), autocommit=True) as poller,
+        psycopg.connect(db_url, autocommit=True) as long_one,
+        psycopg.connect(db_url, autocommit=True) as quick,
+    ):
+        poller.execute("listen wa_outbound")
+        assert poller.execute("select private.arm_outbound_listener()").fetchone()[0] is True
+        with long_one.transaction(force_rollback=True):  # and it rolls back in the end
+            send_as(long_one, "employee", data, G1, "in a long transaction")
+            quick.execute("set statement_timeout = '2s'")
+            send_as(quick, "employee", data, G1, "does not wait")
+            assert len(list(poller.notifies(timeout=0.5))) == 1
+
+
+def test_the_read_takes_no_lock_on_groups_it_does_not_take(conn, data):
+    from tests.personas import G1, G2, send_as
+
+    send_as(conn, "employee", data, G1, "g1")
+    send_as(conn, "other_employee", data, G2, "g2")
+    with conn.transaction(force_rollback=True):
+        taken = conn.execute(
+            "select count(*) from private.take_outbound('me', %s::uuid[], '{}', 30, 1, 3600)",
+            [[data.session]],
+        ).fetchone()[0]
+        advisory = conn.execute(
+            "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"
+        ).fetchone()[0]
+    assert (taken, advisory) == (1, 0)
+
+
 def test_an_idle_poller_is_woken_by_the_next_message_not_by_polling(conn, db_url, tmp_path):
     """With the fallback poll at 60 s, each message sent one at a time to an idle poller goes out
     at once; also when an insert transaction is open while the poller tries to arm."""

@@ -70,8 +70,13 @@ $$;
 -- Per-group FIFO read, then the claim. The read keeps read_grouped_rr's rule (a group is offered
 -- only while its oldest message is visible; round robin across groups, then in order within
 -- each) and skips the groups whose session another live poller holds, so pollers do not read
--- and hand back each other's messages. The claim is a statement of its own: it takes a newer
--- snapshot, which sees the message row of every queue row the read took (they commit together).
+-- and hand back each other's messages. Unlike read_grouped_rr it takes no advisory lock per
+-- group: the planner would take one for every group in the queue (filling the lock table with a
+-- large backlog) and a concurrent read would make it skip groups it should offer. Two reads of
+-- one group at once are rare (each session has one poller) and safe: SKIP LOCKED and the
+-- claim's `behind` check hand back anything that would overtake an earlier message.
+-- The claim is a statement of its own: it takes a newer snapshot, which sees the message row of
+-- every queue row the read took (they commit together).
 create function private.take_outbound(
   p_me text,
   p_sessions uuid[],
@@ -104,8 +109,6 @@ begin
     left join public.whatsapp_sessions s on s.id = g.session_id
     where head.vt <= clock_timestamp()
       and not coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false)
-      -- Two readers at once never take from the same group.
-      and pg_try_advisory_xact_lock(pg_catalog.hashtextextended(h.group_jid, 0))
   ), available as (
     select m.msg_id, o.priority,
            row_number() over (partition by o.group_jid order by m.msg_id) as rank_in_group
@@ -140,7 +143,7 @@ $$;
 
 -- The wake-up. pgmq's insert notification must be throttled (NOTIFY serialises the commits of
 -- every notifying transaction), so it costs either latency or throughput. Instead an idle poller
--- arms a flag and the first insert after it notifies once, clearing it: a busy poller costs the
+-- arms a flag, and the inserts that see it armed notify and clear it: a busy poller costs the
 -- producers nothing, an idle one hears of the next message at once.
 do $$
 begin
@@ -168,8 +171,13 @@ security definer
 set search_path = ''
 as $$
 begin
-  update private.outbound_listener set armed = false where armed;
-  if found then
+  -- Every insert that sees the flag armed notifies, also while another one's clearing is not
+  -- committed yet: SKIP LOCKED, so that no insert waits behind a long transaction, and none
+  -- depends on another that may still roll back.
+  if exists (select 1 from private.outbound_listener l where l.armed) then
+    update private.outbound_listener set armed = false
+    where id in (select l.id from private.outbound_listener l where l.armed
+                 for update skip locked);
     perform pg_notify('wa_outbound', '');
   end if;
   return null;

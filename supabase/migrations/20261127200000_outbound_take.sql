@@ -2,6 +2,13 @@
 -- (pgmq.read_grouped_rr builds and plans its SQL at every call), and a wake-up that costs the
 -- producers nothing while the poller is busy.
 
+-- A queue message read, with what sending it needs and whether it was claimed.
+create type private.outbound_claim as (
+  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
+  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
+  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
+);
+
 -- Loads what sending needs for a batch of queue messages and marks `sending` the messages that
 -- can go now: their session is held by the calling poller and connected, the group is open,
 -- they have not expired, and no earlier message of their group is queued outside what the
@@ -15,15 +22,10 @@ create function private.claim_outbound(
   p_me text,
   p_held bigint[],
   p_ttl double precision
-) returns table (
-  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
-  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
-  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
-)
+) returns setof private.outbound_claim
 language plpgsql
 set search_path = ''
 as $$
-#variable_conflict use_column
 begin
   return query
   with batch as (
@@ -84,15 +86,10 @@ create function private.take_outbound(
   p_vt integer,
   p_qty integer,
   p_ttl double precision
-) returns table (
-  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
-  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
-  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
-)
+) returns setof private.outbound_claim
 language plpgsql
 set search_path = ''
 as $$
-#variable_conflict use_column
 declare
   v_msg_ids bigint[];
   v_message_ids uuid[];

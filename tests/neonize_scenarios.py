@@ -2,7 +2,9 @@
 tests/test_neonize.py in a child process (a Go panic or a hung Go thread must not take the test
 run down with it). Prints one JSON object with what was observed.
 
-    python -m tests.neonize_scenarios events|no-network|logout|silent-server|postgres-store [url]
+    python -m tests.neonize_scenarios NAME [url]
+
+NAME: events, no-network, logout, silent-server, dropped or postgres-store (with its url).
 """
 
 import asyncio
@@ -260,6 +262,63 @@ async def silent_server(tmp: str) -> dict[str, Any]:
     }
 
 
+async def dropped(tmp: str) -> dict[str, Any]:
+    """A live connection that drops: the supervisor's client (its connect() held open by a proxy
+    that never answers) is told Connected, then Disconnected, both through neonize's dispatch."""
+    from neonize.events import EVENT_TO_INT, ConnectedEv, DisconnectedEv
+    from neonize.proto.Neonize_pb2 import JID, Connected, Device, Disconnected
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = RecordingSink()
+    transport = NeonizeTransport(
+        settings(
+            tmp,
+            proxy_url=f"http://127.0.0.1:{port}",
+            connect_timeout=30.0,
+            stop_timeout=1.0,
+            reconnect_initial=0.5,
+            reconnect_max=1.0,
+        )
+    )
+    session = transport.client(uuid.uuid4(), sink)
+    await session.start()
+    while not accepted:  # connect() is under way
+        await asyncio.sleep(0.05)
+    live = session.client
+    me = Device(JID=JID(User="905551112233", Server="s.whatsapp.net", Device=3))
+    dispatch(live, 0, me)
+    dispatch(live, EVENT_TO_INT[ConnectedEv], Connected(status=True))
+    await asyncio.sleep(0.2)
+    out: dict[str, Any] = {"connected": session.connected}
+    dispatch(live, EVENT_TO_INT[DisconnectedEv], Disconnected())
+    await asyncio.sleep(0.1)
+    out["connected_after_drop"] = session.connected
+    try:
+        await session.send_text("120363025246125888@g.us", "merhaba", uuid.uuid4())
+    except NotConnected as exc:
+        out["send_after_drop"] = f"NotConnected: {exc}"
+    deadline = time.monotonic() + 10
+    while session.client is live and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the backoff, then a new client
+    out["new_client"] = session.client is not live
+    # The dropped client's late events change nothing.
+    dispatch(live, EVENT_TO_INT[ConnectedEv], Connected(status=True))
+    dispatch(live, EVENT_TO_INT[DisconnectedEv], Disconnected())
+    await asyncio.sleep(0.3)
+    out["connected_by_dropped_client"] = session.connected
+    await session.stop()
+    server.close()
+    out["calls"] = sink.calls
+    out["accepted"] = len(accepted)
+    return out
+
+
 async def postgres_store(tmp: str, url: str) -> dict[str, Any]:
     sink = RecordingSink()
     transport = NeonizeTransport(settings(tmp, session_store="postgres", session_store_url=url))
@@ -286,6 +345,8 @@ def main() -> None:
             result = asyncio.run(logout(tmp))
         elif scenario == "silent-server":
             result = asyncio.run(silent_server(tmp))
+        elif scenario == "dropped":
+            result = asyncio.run(dropped(tmp))
         else:
             result = asyncio.run(postgres_store(tmp, sys.argv[2]))
     print(json.dumps(result), flush=True)

@@ -125,3 +125,31 @@ def test_a_connect_that_never_answers_is_abandoned_and_retried():
     assert states[2] == ["state", "connecting", None]  # a new client, after the backoff
     assert out["accepted"] >= 2
     assert out["stop_seconds"] < 5
+
+
+def test_a_live_connection_that_drops_is_retried_after_the_backoff():
+    """Connected, then Disconnected (both dispatched through neonize on the supervisor's own
+    client): sends are refused at once, the status says so at once, the client is ended, and a
+    new one connects after our backoff (reset by the connection), not whatsmeow's own loop."""
+    out = scenario("dropped")
+    assert out["connected"] is True
+    assert out["connected_after_drop"] is False
+    assert out["send_after_drop"] == "NotConnected: session is not connected"
+    assert out["new_client"] is True
+    assert out["connected_by_dropped_client"] is False
+    states = [c for c in out["calls"] if c[1] == "state"]
+    assert [s[2] for s in states] == [
+        "connecting",
+        "connected",
+        "disconnected",
+        "disconnected",
+        "connecting",
+    ]
+    assert states[2][3] == "connection dropped"
+    assert states[2][0] - states[1][0] < 0.5  # at once, not after the client's stop()
+    retry = re.fullmatch(r"connection dropped; retrying in ([0-9.]+)s", states[3][3])
+    assert retry is not None
+    # The first retry's wait (attempts were reset by the connection): initial 0.5 s plus jitter.
+    assert 0.5 <= float(retry.group(1)) <= 1.0
+    assert states[4][0] - states[3][0] >= 0.45  # (times are rounded to the millisecond)
+    assert out["accepted"] >= 2  # the new client connected through the proxy again

@@ -367,6 +367,9 @@ class NeonizeSession(SessionClient):
             return  # an abandoned client's farewell: the current attempt goes on
         self._connected = False
         log.info("session %s: %s", self.session_id, reason)
+        # Said at once: ending the client (stop() may take up to stop_timeout) comes first,
+        # then the supervisor says when it retries.
+        self._emit(ConnectionState.DISCONNECTED, reason)
         self._restart.set()  # our backoff, not whatsmeow's own reconnect loop
 
     def _on_logged_out(self, _client: Any, event: Any) -> None:

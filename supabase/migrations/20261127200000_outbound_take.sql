@@ -91,40 +91,57 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  v_picked bigint[];
+  v_locked bigint[];
   v_msg_ids bigint[];
   v_message_ids uuid[];
 begin
-  with heads as (
-    select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as head_msg_id
-    from pgmq.q_whatsapp_outbound q
-    group by 1
-  ), open_groups as (
-    select h.group_jid, h.head_msg_id, row_number() over (order by h.head_msg_id) as priority
-    from heads h
-    join pgmq.q_whatsapp_outbound head on head.msg_id = h.head_msg_id
-    left join public.whatsapp_groups g on g.jid = h.group_jid
-    left join public.whatsapp_sessions s on s.id = g.session_id
-    where head.vt <= clock_timestamp()
-      and not coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false)
-  ), available as (
-    select m.msg_id, o.priority,
-           row_number() over (partition by o.group_jid order by m.msg_id) as rank_in_group
-    from open_groups o
-    join pgmq.q_whatsapp_outbound m on m.headers ->> 'x-pgmq-group' = o.group_jid
-    where m.vt <= clock_timestamp() and m.msg_id >= o.head_msg_id
-  ), picked as (
-    select a.msg_id from available a order by a.rank_in_group, a.priority limit p_qty
-  ), locked as (
-    select m.msg_id from pgmq.q_whatsapp_outbound m
-    where m.msg_id in (select p.msg_id from picked p)
+  -- Each statement scans the queue at most once whatever its plan: the plans are cached, and
+  -- one made while the queue was small must not turn into nested loops over a large backlog.
+  select coalesce(array_agg(r.msg_id order by r.rank_in_group, r.head_msg_id), '{}')
+  into v_picked
+  from (
+    select v.msg_id, v.rank_in_group, v.head_msg_id
+    from (
+      select g.msg_id, g.head_msg_id,
+             row_number() over (partition by g.group_jid order by g.msg_id) as rank_in_group
+      from (
+        select q.msg_id, q.vt, q.headers ->> 'x-pgmq-group' as group_jid,
+               first_value(q.vt) over w as head_vt,
+               first_value(q.msg_id) over w as head_msg_id
+        from pgmq.q_whatsapp_outbound q
+        window w as (partition by q.headers ->> 'x-pgmq-group' order by q.msg_id)
+      ) g
+      where g.head_vt <= clock_timestamp()
+        and g.vt <= clock_timestamp()
+        and g.group_jid not in (
+          select gr.jid::text
+          from public.whatsapp_groups gr
+          join public.whatsapp_sessions s on s.id = gr.session_id
+          where s.lease_owner <> p_me and s.lease_expires_at > now()
+        )
+    ) v
+    order by v.rank_in_group, v.head_msg_id
+    limit p_qty
+  ) r;
+
+  if cardinality(v_picked) = 0 then
+    return;
+  end if;
+
+  select coalesce(array_agg(l.msg_id), '{}') into v_locked
+  from (
+    select q.msg_id from pgmq.q_whatsapp_outbound q
+    where q.msg_id = any(v_picked)
     for update skip locked
-  ), leased as (
+  ) l;
+
+  with leased as (
     update pgmq.q_whatsapp_outbound m
     set vt = clock_timestamp() + make_interval(secs => p_vt),
         read_ct = m.read_ct + 1,
         last_read_at = clock_timestamp()
-    from locked l
-    where m.msg_id = l.msg_id and m.vt <= clock_timestamp()
+    where m.msg_id = any(v_locked) and m.vt <= clock_timestamp()
     returning m.msg_id, (m.message ->> 'message_id')::uuid as message_id
   )
   select coalesce(array_agg(l.msg_id), '{}'), coalesce(array_agg(l.message_id), '{}')

@@ -43,7 +43,7 @@ def fill(conn: psycopg.Connection, messages: int, groups: int) -> None:
 
 def read_sql(function: str) -> str:
     if function == "take_outbound":  # as a poller holding no session: claims nothing
-        return "select msg_id from private.take_outbound('bench', '{}', '{}', 30, %s, 86400)"
+        return "select msg_id from private.take_outbound('bench', '{}', '{}', '{}', 30, %s, 86400)"
     return f"select msg_id from pgmq.{function}('whatsapp_outbound', 30, %s)"
 
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -134,11 +134,15 @@ class Dispatcher:
             got = 0
             if qty > 0:
                 read_at = time.monotonic()
+                sessions = self.sessions.connected_ids()
+                held = Counter(job.session_id for job in self._inflight.values())
                 rows = await self.db.fetch(
                     "take",
                     {
                         "me": self.sessions.poller_id,
-                        "sessions": self.sessions.connected_ids(),
+                        "sessions": sessions,
+                        # A slow session must not fill the poller's memory.
+                        "rooms": [self.settings.session_inflight - held[s] for s in sessions],
                         "held": list(self._inflight),
                         "vt": self.settings.visibility_timeout,
                         "qty": qty,
@@ -173,11 +177,8 @@ class Dispatcher:
         archive: list[int] = []
         failed: list[tuple[Row, str]] = []
         park: defaultdict[uuid.UUID | None, list[Row]] = defaultdict(list)
-        over_cap: list[Job] = []
+        over_cap: list[int] = []
         elsewhere: list[int] = []
-        held = defaultdict(int)
-        for job in self._inflight.values():
-            held[job.session_id] += 1
         for row in rows:
             if row["msg_id"] in self._inflight:
                 continue  # ours already; the read only renewed its lease
@@ -191,12 +192,10 @@ class Dispatcher:
                     row["attempts"],
                     leased_until=read_at + self.settings.visibility_timeout,
                 )
-                if held[job.session_id] >= self.settings.session_inflight:
-                    over_cap.append(job)  # a slow session must not fill the poller's memory
-                    continue
-                held[job.session_id] += 1
                 self._inflight[job.msg_id] = job
                 self._queues.setdefault(job.group_jid, deque()).append(job)
+            elif row["over_cap"]:
+                over_cap.append(row["msg_id"])
             elif (row["held_elsewhere"] or row["behind"]) and row["status"] in (
                 "pending",
                 "sending",
@@ -227,8 +226,11 @@ class Dispatcher:
                 park[row["session_id"]].append(row)
         if elsewhere:  # another poller's, or behind an earlier message: give them back at once
             await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
-        if over_cap:
-            await self._release(over_cap, delay=self.settings.park_interval)
+        if over_cap:  # not claimed (still pending): look again when the session may have room
+            await self.db.fetch(
+                "release", {"ids": [], "msg_ids": over_cap, "delay": self.settings.park_interval}
+            )
+            self._wake_after(self.settings.park_interval)
         if archive:
             await self.db.fetch("archive", {"msg_ids": archive})
         if failed:

@@ -319,7 +319,7 @@ def test_a_message_behind_an_earlier_one_of_its_group_is_not_claimed(conn, data)
     def claim(message: dict, held: list[int]) -> tuple[bool, bool]:
         return conn.execute(
             "select claimed, behind from private.claim_outbound("
-            "  %s::bigint[], %s::uuid[], %s::uuid[], 'me', %s::bigint[], 3600)",
+            "  %s::bigint[], %s::uuid[], %s::uuid[], '{10}', 'me', %s::bigint[], 3600)",
             [[ids[str(message["id"])]], [message["id"]], [data.session], held],
         ).fetchone()
 
@@ -330,8 +330,8 @@ def test_a_message_behind_an_earlier_one_of_its_group_is_not_claimed(conn, data)
 def take(conn, me: str, sessions: list, qty: int = 10) -> list[tuple]:
     return conn.execute(
         "select group_jid, content, claimed from private.take_outbound("
-        "  %s, %s::uuid[], '{}', 30, %s, 3600)",
-        [me, sessions, qty],
+        "  %s, %s::uuid[], %s::integer[], '{}', 30, %s, 3600)",
+        [me, sessions, [100] * len(sessions), qty],
     ).fetchall()
 
 
@@ -456,7 +456,8 @@ def test_the_read_takes_no_lock_on_groups_it_does_not_take(conn, data):
     send_as(conn, "other_employee", data, G2, "g2")
     with conn.transaction(force_rollback=True):
         taken = conn.execute(
-            "select count(*) from private.take_outbound('me', %s::uuid[], '{}', 30, 1, 3600)",
+            "select count(*) from private.take_outbound("
+            "  'me', %s::uuid[], '{9}', '{}', 30, 1, 3600)",
             [[data.session]],
         ).fetchone()[0]
         advisory = conn.execute(
@@ -499,7 +500,7 @@ def test_a_read_planned_on_an_empty_queue_stays_fast_on_a_backlog(conn):
     conn.execute("delete from pgmq.q_whatsapp_outbound")
     conn.execute("alter table pgmq.q_whatsapp_outbound set (autovacuum_enabled = false)")
     conn.execute("analyze pgmq.q_whatsapp_outbound")
-    take = "select count(*) from private.take_outbound('me', '{}', '{}', 30, 200, 3600)"
+    take = "select count(*) from private.take_outbound('me', '{}', '{}', '{}', 30, 200, 3600)"
     for _ in range(10):  # past the point where the cached, generic plans are used
         conn.execute(take)
     conn.execute(
@@ -511,3 +512,81 @@ def test_a_read_planned_on_an_empty_queue_stays_fast_on_a_backlog(conn):
     started = time.perf_counter()
     assert conn.execute(take).fetchone()[0] == 200
     assert time.perf_counter() - started < 0.3
+
+
+def test_the_claim_keeps_to_the_room_each_session_has(conn, data):
+    """Over the caller's room for a session: not claimed (no sending → pending flicker), the
+    oldest first; a session with no room at all is not even read."""
+    from tests.personas import G1, send_as
+
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    for n in range(4):
+        send_as(conn, "employee", data, G1, f"cap-{n}")
+    conn.execute(
+        "update whatsapp_sessions set lease_owner = 'me', "
+        "lease_expires_at = now() + interval '1 minute'"
+    )
+
+    def take(room: int) -> list[tuple]:
+        return conn.execute(
+            "select content, claimed, over_cap from private.take_outbound("
+            "  'me', %s::uuid[], %s::integer[], '{}', 30, 10, 3600)",
+            [[data.session], [room]],
+        ).fetchall()
+
+    assert take(0) == []
+    assert conn.execute("select sum(read_ct) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
+    assert take(2) == [
+        ("cap-0", True, False),
+        ("cap-1", True, False),
+        ("cap-2", False, True),
+        ("cap-3", False, True),
+    ]
+    statuses = conn.execute(
+        "select content, status::text from messages where content like 'cap-%' order by 1"
+    ).fetchall()
+    assert statuses == [
+        ("cap-0", "sending"),
+        ("cap-1", "sending"),
+        ("cap-2", "pending"),
+        ("cap-3", "pending"),
+    ]
+
+
+def test_a_rate_limited_session_over_its_cap_never_flickers(conn, db_url, tmp_path):
+    """A paced session with more queued than WA_SESSION_INFLIGHT: at most that many are
+    `sending` at once, none goes back from `sending` to `pending`, all go out in group order."""
+    conn.execute("create table status_log (id uuid, old text, new text)")
+    conn.execute(
+        "create function log_status() returns trigger language plpgsql security definer "
+        "as $$ begin insert into public.status_log values (new.id, old.status, new.status); "
+        "return new; end $$"
+    )
+    conn.execute(
+        "create trigger log_status after update of status on messages "
+        "for each row execute function log_status()"
+    )
+    jids = list(make_team(conn, groups=4).groups)
+    enqueue(conn, jids, per_group=10)
+    poller = Poller(db_url, tmp_path, session_inflight=3, rate_per_minute=1200, park_interval=0.3)
+    most_sending = 0
+    poller.start()
+    try:
+        deadline = time.monotonic() + 60
+        while finished_count(conn) < 40 and time.monotonic() < deadline:
+            sending = status_counts(conn).get("sending", 0)
+            most_sending = max(most_sending, sending)
+            time.sleep(0.02)
+        assert finished_count(conn) == 40, poller.output()[-3000:]
+        order = queue_order(conn)
+    finally:
+        assert poller.terminate() == 0
+    flicker = conn.execute(
+        "select count(*) from status_log where old = 'sending' and new = 'pending'"
+    ).fetchone()[0]
+    assert (flicker, 0 < most_sending <= 3) == (0, True)
+    assert first_send_order(poller.sends()) == order
+
+
+def finished_count(conn) -> int:
+    return sum(v for k, v in status_counts(conn).items() if k in ("sent", "delivered", "read"))

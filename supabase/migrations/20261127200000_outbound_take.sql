@@ -6,7 +6,8 @@
 create type private.outbound_claim as (
   msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
   created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
-  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
+  readonly_reason text, held_elsewhere boolean, behind boolean, over_cap boolean,
+  claimed boolean
 );
 
 -- Loads what sending needs for a batch of queue messages and marks `sending` the messages that
@@ -15,10 +16,13 @@ create type private.outbound_claim as (
 -- caller holds (`p_held`) or this batch.
 -- `held_elsewhere`: the session is held by another live poller, which will send it.
 -- `behind`: an earlier message of the group is still queued elsewhere; it must go first.
+-- `over_cap`: it could go, but its session already has as many in the caller's hands as the
+-- caller has room for (`p_rooms`, by session): not claimed, so its status does not flicker.
 create function private.claim_outbound(
   p_msg_ids bigint[],
   p_message_ids uuid[],
   p_sessions uuid[],
+  p_rooms integer[],
   p_me text,
   p_held bigint[],
   p_ttl double precision
@@ -49,22 +53,32 @@ begin
   ), checked as (
     select f.*, coalesce(e.msg_id < f.msg_id, false) as behind
     from found f left join earliest e on e.group_jid = f.group_jid
+  ), eligible as (
+    select c.*,
+           c.status in ('pending', 'sending')
+           and c.session_id = any(p_sessions)
+           and not c.held_elsewhere and not c.behind
+           and c.is_active and not c.is_readonly
+           and c.created_at > now() - make_interval(secs => p_ttl) as can_go
+    from checked c
+  ), capped as (
+    -- The oldest first: whatever is over the cap is later than what is claimed, group by group.
+    select e.*,
+           e.can_go and row_number() over (partition by e.session_id, e.can_go order by e.msg_id)
+             > coalesce(r.room, 0) as over_cap
+    from eligible e
+    left join unnest(p_sessions, p_rooms) as r(session_id, room) on r.session_id = e.session_id
   ), claimed as (
     update public.messages m
     set status = 'sending'
-    from checked f
-    where m.id = f.message_id
-      and f.status in ('pending', 'sending')
-      and f.session_id = any(p_sessions)
-      and not f.held_elsewhere and not f.behind
-      and f.is_active and not f.is_readonly
-      and f.created_at > now() - make_interval(secs => p_ttl)
+    from capped f
+    where m.id = f.message_id and f.can_go and not f.over_cap
     returning m.id
   )
   select f.msg_id, f.message_id, f.group_jid, f.content, f.status, f.attempts, f.created_at,
          f.session_id, f.is_active, f.is_readonly, f.readonly_reason, f.held_elsewhere, f.behind,
-         f.message_id in (select c.id from claimed c)
-  from checked f
+         f.over_cap, f.message_id in (select c.id from claimed c)
+  from capped f
   order by f.msg_id;
 end
 $$;
@@ -82,6 +96,7 @@ $$;
 create function private.take_outbound(
   p_me text,
   p_sessions uuid[],
+  p_rooms integer[],
   p_held bigint[],
   p_vt integer,
   p_qty integer,
@@ -91,6 +106,8 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  v_full uuid[] := array(select u.s from unnest(p_sessions, p_rooms) as u(s, room)
+                         where u.room <= 0);
   v_picked bigint[];
   v_locked bigint[];
   v_msg_ids bigint[];
@@ -114,11 +131,12 @@ begin
       ) g
       where g.head_vt <= clock_timestamp()
         and g.vt <= clock_timestamp()
-        and g.group_jid not in (
+        and g.group_jid not in (  -- held by another poller, or no room left here
           select gr.jid::text
           from public.whatsapp_groups gr
           join public.whatsapp_sessions s on s.id = gr.session_id
-          where s.lease_owner <> p_me and s.lease_expires_at > now()
+          where (s.lease_owner <> p_me and s.lease_expires_at > now())
+             or s.id = any(v_full)
         )
     ) v
     order by v.rank_in_group, v.head_msg_id
@@ -150,7 +168,7 @@ begin
 
   if cardinality(v_msg_ids) > 0 then
     return query select * from private.claim_outbound(
-      v_msg_ids, v_message_ids, p_sessions, p_me, p_held, p_ttl);
+      v_msg_ids, v_message_ids, p_sessions, p_rooms, p_me, p_held, p_ttl);
   end if;
 end
 $$;
@@ -217,10 +235,10 @@ exception when lock_not_available then
 end
 $$;
 
-revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
-  private.take_outbound(text, uuid[], bigint[], integer, integer, double precision),
+revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], integer[], text, bigint[], double precision),
+  private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
   private.wake_outbound_listener(),
   private.arm_outbound_listener() from public;
-grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
-  private.take_outbound(text, uuid[], bigint[], integer, integer, double precision),
+grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], integer[], text, bigint[], double precision),
+  private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
   private.arm_outbound_listener() to wa_poller;

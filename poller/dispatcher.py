@@ -177,7 +177,6 @@ class Dispatcher:
         archive: list[int] = []
         failed: list[tuple[Row, str]] = []
         park: defaultdict[uuid.UUID | None, list[Row]] = defaultdict(list)
-        over_cap: list[int] = []
         elsewhere: list[int] = []
         for row in rows:
             if row["msg_id"] in self._inflight:
@@ -194,8 +193,6 @@ class Dispatcher:
                 )
                 self._inflight[job.msg_id] = job
                 self._queues.setdefault(job.group_jid, deque()).append(job)
-            elif row["over_cap"]:
-                over_cap.append(row["msg_id"])
             elif (row["held_elsewhere"] or row["behind"]) and row["status"] in (
                 "pending",
                 "sending",
@@ -226,11 +223,6 @@ class Dispatcher:
                 park[row["session_id"]].append(row)
         if elsewhere:  # another poller's, or behind an earlier message: give them back at once
             await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
-        if over_cap:  # not claimed (still pending): look again when the session may have room
-            await self.db.fetch(
-                "release", {"ids": [], "msg_ids": over_cap, "delay": self.settings.park_interval}
-            )
-            self._wake_after(self.settings.park_interval)
         if archive:
             await self.db.fetch("archive", {"msg_ids": archive})
         if failed:

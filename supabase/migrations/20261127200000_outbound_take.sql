@@ -6,8 +6,7 @@
 create type private.outbound_claim as (
   msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
   created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
-  readonly_reason text, held_elsewhere boolean, behind boolean, over_cap boolean,
-  claimed boolean
+  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
 );
 
 -- Loads what sending needs for a batch of queue messages and marks `sending` the messages that
@@ -16,13 +15,10 @@ create type private.outbound_claim as (
 -- caller holds (`p_held`) or this batch.
 -- `held_elsewhere`: the session is held by another live poller, which will send it.
 -- `behind`: an earlier message of the group is still queued elsewhere; it must go first.
--- `over_cap`: it could go, but its session already has as many in the caller's hands as the
--- caller has room for (`p_rooms`, by session): not claimed, so its status does not flicker.
 create function private.claim_outbound(
   p_msg_ids bigint[],
   p_message_ids uuid[],
   p_sessions uuid[],
-  p_rooms integer[],
   p_me text,
   p_held bigint[],
   p_ttl double precision
@@ -30,7 +26,29 @@ create function private.claim_outbound(
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_groups text[];
+  v_earliest bigint[];
 begin
+  -- The earliest message of each of the batch's groups that is neither in the batch nor held
+  -- by the caller. Planned at each call (EXECUTE), so that the two arrays are constants the
+  -- planner can hash: a cached plan would compare every queue row with every held message.
+  execute $query$
+    select coalesce(array_agg(e.group_jid), '{}'), coalesce(array_agg(e.msg_id), '{}')
+    from (
+      select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as msg_id
+      from pgmq.q_whatsapp_outbound q
+      where q.headers ->> 'x-pgmq-group' in (
+              select b.headers ->> 'x-pgmq-group' from pgmq.q_whatsapp_outbound b
+              where b.msg_id = any($1))
+        and q.msg_id <> all($1)
+        and q.msg_id <> all($2)
+      group by 1
+    ) e
+  $query$
+  into v_groups, v_earliest
+  using p_msg_ids, p_held;
+
   return query
   with batch as (
     select * from unnest(p_msg_ids, p_message_ids) as b(msg_id, message_id)
@@ -43,42 +61,26 @@ begin
     left join public.messages m on m.id = b.message_id
     left join public.whatsapp_groups g on g.jid = m.group_jid
     left join public.whatsapp_sessions s on s.id = g.session_id
-  ), earliest as (
-    select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as msg_id
-    from pgmq.q_whatsapp_outbound q
-    where q.headers ->> 'x-pgmq-group' in (select f.group_jid from found f)
-      and q.msg_id <> all(p_msg_ids)
-      and q.msg_id <> all(p_held)
-    group by 1
   ), checked as (
     select f.*, coalesce(e.msg_id < f.msg_id, false) as behind
-    from found f left join earliest e on e.group_jid = f.group_jid
-  ), eligible as (
-    select c.*,
-           c.status in ('pending', 'sending')
-           and c.session_id = any(p_sessions)
-           and not c.held_elsewhere and not c.behind
-           and c.is_active and not c.is_readonly
-           and c.created_at > now() - make_interval(secs => p_ttl) as can_go
-    from checked c
-  ), capped as (
-    -- The oldest first: whatever is over the cap is later than what is claimed, group by group.
-    select e.*,
-           e.can_go and row_number() over (partition by e.session_id, e.can_go order by e.msg_id)
-             > coalesce(r.room, 0) as over_cap
-    from eligible e
-    left join unnest(p_sessions, p_rooms) as r(session_id, room) on r.session_id = e.session_id
+    from found f
+    left join unnest(v_groups, v_earliest) as e(group_jid, msg_id) on e.group_jid = f.group_jid
   ), claimed as (
     update public.messages m
     set status = 'sending'
-    from capped f
-    where m.id = f.message_id and f.can_go and not f.over_cap
+    from checked f
+    where m.id = f.message_id
+      and f.status in ('pending', 'sending')
+      and f.session_id = any(p_sessions)
+      and not f.held_elsewhere and not f.behind
+      and f.is_active and not f.is_readonly
+      and f.created_at > now() - make_interval(secs => p_ttl)
     returning m.id
   )
   select f.msg_id, f.message_id, f.group_jid, f.content, f.status, f.attempts, f.created_at,
          f.session_id, f.is_active, f.is_readonly, f.readonly_reason, f.held_elsewhere, f.behind,
-         f.over_cap, f.message_id in (select c.id from claimed c)
-  from capped f
+         f.message_id in (select c.id from claimed c)
+  from checked f
   order by f.msg_id;
 end
 $$;
@@ -86,11 +88,13 @@ $$;
 -- Per-group FIFO read, then the claim. The read keeps read_grouped_rr's rule (a group is offered
 -- only while its oldest message is visible; round robin across groups, then in order within
 -- each) and skips the groups whose session another live poller holds, so pollers do not read
--- and hand back each other's messages. Unlike read_grouped_rr it takes no advisory lock per
--- group: the planner would take one for every group in the queue (filling the lock table with a
--- large backlog) and a concurrent read would make it skip groups it should offer. Two reads of
--- one group at once are rare (each session has one poller) and safe: SKIP LOCKED and the
--- claim's `behind` check hand back anything that would overtake an earlier message.
+-- and hand back each other's messages. It takes no more of a session's messages than the
+-- caller has room for (`p_rooms`, aligned with `p_sessions`), so none is read only to be handed
+-- back. Unlike read_grouped_rr it takes no advisory lock per group: the planner would take one
+-- for every group in the queue (filling the lock table with a large backlog) and a concurrent
+-- read would make it skip groups it should offer. Two reads of one group at once are rare (each
+-- session has one poller) and safe: SKIP LOCKED and the claim's `behind` check hand back
+-- anything that would overtake an earlier message.
 -- The claim is a statement of its own: it takes a newer snapshot, which sees the message row of
 -- every queue row the read took (they commit together).
 create function private.take_outbound(
@@ -106,8 +110,6 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_full uuid[] := array(select u.s from unnest(p_sessions, p_rooms) as u(s, room)
-                         where u.room <= 0);
   v_picked bigint[];
   v_locked bigint[];
   v_msg_ids bigint[];
@@ -115,33 +117,40 @@ declare
 begin
   -- Each statement scans the queue at most once whatever its plan: the plans are cached, and
   -- one made while the queue was small must not turn into nested loops over a large backlog.
-  select coalesce(array_agg(r.msg_id order by r.rank_in_group, r.head_msg_id), '{}')
+  select coalesce(array_agg(p.msg_id order by p.rank_in_group, p.head_msg_id), '{}')
   into v_picked
   from (
-    select v.msg_id, v.rank_in_group, v.head_msg_id
+    select c.msg_id, c.rank_in_group, c.head_msg_id
     from (
-      select g.msg_id, g.head_msg_id,
-             row_number() over (partition by g.group_jid order by g.msg_id) as rank_in_group
+      select v.msg_id, v.rank_in_group, v.head_msg_id, v.room,
+             row_number() over (partition by v.session_id
+                                order by v.rank_in_group, v.head_msg_id) as rank_in_session
       from (
-        select q.msg_id, q.vt, q.headers ->> 'x-pgmq-group' as group_jid,
-               first_value(q.vt) over w as head_vt,
-               first_value(q.msg_id) over w as head_msg_id
-        from pgmq.q_whatsapp_outbound q
-        window w as (partition by q.headers ->> 'x-pgmq-group' order by q.msg_id)
-      ) g
-      where g.head_vt <= clock_timestamp()
-        and g.vt <= clock_timestamp()
-        and g.group_jid not in (  -- held by another poller, or no room left here
-          select gr.jid::text
-          from public.whatsapp_groups gr
-          join public.whatsapp_sessions s on s.id = gr.session_id
-          where (s.lease_owner <> p_me and s.lease_expires_at > now())
-             or s.id = any(v_full)
-        )
-    ) v
-    order by v.rank_in_group, v.head_msg_id
+        select g.msg_id, g.head_msg_id, gr.session_id, r.room,
+               row_number() over (partition by g.group_jid order by g.msg_id) as rank_in_group
+        from (
+          select q.msg_id, q.vt, q.headers ->> 'x-pgmq-group' as group_jid,
+                 first_value(q.vt) over w as head_vt,
+                 first_value(q.msg_id) over w as head_msg_id
+          from pgmq.q_whatsapp_outbound q
+          window w as (partition by q.headers ->> 'x-pgmq-group' order by q.msg_id)
+        ) g
+        left join public.whatsapp_groups gr on gr.jid = g.group_jid
+        left join public.whatsapp_sessions s on s.id = gr.session_id
+        left join unnest(p_sessions, p_rooms) as r(session_id, room)
+          on r.session_id = gr.session_id
+        where g.head_vt <= clock_timestamp()
+          and g.vt <= clock_timestamp()
+          and not coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false)
+      ) v
+      where v.rank_in_group <= p_qty  -- no group can give more than a batch
+    ) c
+    -- Messages of sessions not sending here (down, or no session) are read without a cap:
+    -- the poller parks them or fails them.
+    where c.room is null or c.rank_in_session <= c.room
+    order by c.rank_in_group, c.head_msg_id
     limit p_qty
-  ) r;
+  ) p;
 
   if cardinality(v_picked) = 0 then
     return;
@@ -168,7 +177,7 @@ begin
 
   if cardinality(v_msg_ids) > 0 then
     return query select * from private.claim_outbound(
-      v_msg_ids, v_message_ids, p_sessions, p_rooms, p_me, p_held, p_ttl);
+      v_msg_ids, v_message_ids, p_sessions, p_me, p_held, p_ttl);
   end if;
 end
 $$;
@@ -235,10 +244,10 @@ exception when lock_not_available then
 end
 $$;
 
-revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], integer[], text, bigint[], double precision),
+revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
   private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
   private.wake_outbound_listener(),
   private.arm_outbound_listener() from public;
-grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], integer[], text, bigint[], double precision),
+grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
   private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
   private.arm_outbound_listener() to wa_poller;

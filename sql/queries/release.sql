@@ -1,5 +1,5 @@
--- Give messages back without counting an attempt (session down, shutdown, over capacity):
--- pending again, and visible to any poller after `delay` seconds.
+-- Give messages back without counting an attempt (session down, a retry or shutdown behind them,
+-- another poller's): pending again, and visible to any poller after `delay` seconds.
 with released as (
   update public.messages
   set status = 'pending'

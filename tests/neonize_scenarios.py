@@ -228,20 +228,26 @@ async def logout(tmp: str) -> dict[str, Any]:
     return out
 
 
-async def silent_server(tmp: str) -> dict[str, Any]:
-    """A proxy that accepts the connection and never answers: the connect hangs."""
+async def silent_proxy() -> tuple[asyncio.Server, str, list[asyncio.StreamWriter]]:
+    """A proxy that accepts connections and never answers (a connect() through it hangs):
+    the server, its URL, and the connections it has accepted."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)  # keep it open, say nothing
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", accepted
+
+
+async def silent_server(tmp: str) -> dict[str, Any]:
+    """Through a proxy that never answers, the connect hangs."""
+    server, proxy_url, accepted = await silent_proxy()
     sink = RecordingSink()
     transport = NeonizeTransport(
         settings(
             tmp,
-            proxy_url=f"http://127.0.0.1:{port}",
+            proxy_url=proxy_url,
             connect_timeout=1.5,
             stop_timeout=1.0,
             reconnect_initial=0.3,
@@ -268,18 +274,12 @@ async def dropped(tmp: str) -> dict[str, Any]:
     from neonize.events import EVENT_TO_INT, ConnectedEv, DisconnectedEv
     from neonize.proto.Neonize_pb2 import JID, Connected, Device, Disconnected
 
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, proxy_url, accepted = await silent_proxy()
     sink = RecordingSink()
     transport = NeonizeTransport(
         settings(
             tmp,
-            proxy_url=f"http://127.0.0.1:{port}",
+            proxy_url=proxy_url,
             connect_timeout=30.0,
             stop_timeout=1.0,
             reconnect_initial=0.5,

@@ -1,15 +1,5 @@
--- What the poller's dispatch relies on: a wake-up on every enqueue, and statuses that only
--- move forward whatever writes them.
-
--- pgmq's insert notification (channel pgmq.q_whatsapp_outbound.INSERT), at most one per 100 ms:
--- the poller also polls, so a throttled-away notification only costs latency, never a message.
-do $$
-begin
-  if not exists (select 1 from pgmq.notify_insert_throttle where queue_name = 'whatsapp_outbound') then
-    perform pgmq.enable_notify_insert('whatsapp_outbound', 100);
-  end if;
-end
-$$;
+-- What the poller's dispatch relies on: statuses that only move forward whatever writes them.
+-- (Its wake-up on enqueue is in 20261127200000_outbound_take.sql.)
 
 -- pending → sending → sent → delivered → read, and pending/sending → failed. The one step back
 -- allowed is sending → pending: a send that was not attempted or will be retried.

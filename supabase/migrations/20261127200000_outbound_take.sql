@@ -182,17 +182,11 @@ begin
 end
 $$;
 
--- The wake-up. pgmq's insert notification must be throttled (NOTIFY serialises the commits of
--- every notifying transaction), so it costs either latency or throughput. Instead an idle poller
--- arms a flag, and the inserts that see it armed notify and clear it: a busy poller costs the
--- producers nothing, an idle one hears of the next message at once.
-do $$
-begin
-  if exists (select 1 from pgmq.notify_insert_throttle where queue_name = 'whatsapp_outbound') then
-    perform pgmq.disable_notify_insert('whatsapp_outbound');
-  end if;
-end
-$$;
+-- The wake-up. pgmq's insert notification (pgmq.enable_notify_insert) must be throttled (NOTIFY
+-- serialises the commits of every notifying transaction), so it costs either latency or
+-- throughput. Instead an idle poller arms a flag, and the inserts that see it armed notify and
+-- clear it: a busy poller costs the producers nothing, an idle one hears of the next message at
+-- once.
 
 create table private.outbound_listener (
   id boolean primary key default true check (id),

@@ -38,7 +38,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
     sessions.on_groups_changed(groups.request)
     try:
-        await dispatcher.check_pgmq()
+        await dispatcher.check_queue_functions()
         await sessions.heartbeat()
         log.info(
             "poller started: %d session(s), transport %s", len(sessions.clients), settings.transport

@@ -38,7 +38,19 @@ from poller.transports.base import (
 
 log = logging.getLogger(__name__)
 
-REQUIRED_PGMQ_FUNCTIONS = ("set_vt", "archive")
+# The queue functions the named queries call, with the signatures they call them by: the poller
+# touches the queue through nothing else.
+QUEUE_FUNCTIONS = (
+    "private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision)",
+    "private.outbound_sent(uuid[], bigint[], text[], timestamptz[])",
+    "private.outbound_retry(uuid, bigint, text, double precision)",
+    "private.outbound_fail(uuid[], bigint[], text[])",
+    "private.outbound_expire(uuid[], bigint[], text[])",
+    "private.outbound_give_back(uuid[], bigint[], double precision)",
+    "private.outbound_extend(bigint[], double precision)",
+    "private.outbound_discard(bigint[])",
+    "private.arm_outbound_listener()",
+)
 FINAL_STATUSES = {"sent", "delivered", "read", "failed"}
 # The listener cannot be armed while the queue table is being written (an insert mid-commit, a
 # status write, a vacuum): look again soon, backing off while that lasts.
@@ -96,13 +108,13 @@ class Dispatcher:
         )
         sessions.on_connected(self._unpark)
 
-    async def check_pgmq(self) -> None:
-        rows = await self.db.fetch("pgmq_functions", {"names": list(REQUIRED_PGMQ_FUNCTIONS)})
-        missing = set(REQUIRED_PGMQ_FUNCTIONS) - {r["proname"] for r in rows}
-        if missing:
+    async def check_queue_functions(self) -> None:
+        rows = await self.db.fetch("outbound_functions", {"signatures": list(QUEUE_FUNCTIONS)})
+        if rows:
             raise ConfigError(
-                f"pgmq lacks {', '.join(sorted(missing))}: pgmq 1.8 or newer is needed "
-                "(run wa-poller db bootstrap, or upgrade the extension)"
+                "the database lacks, or does not let this role execute, "
+                + ", ".join(r["signature"] for r in rows)
+                + ": run wa-poller db bootstrap (or supabase db push) and connect as wa_poller"
             )
 
     @property
@@ -224,9 +236,11 @@ class Dispatcher:
         if elsewhere:  # another poller's, or behind an earlier message: give them back at once
             await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
         if archive:
-            await self.db.fetch("archive", {"msg_ids": archive})
+            await self.db.fetch("discard", {"msg_ids": archive})
         if failed:
-            await self._record_failed([(r["message_id"], r["msg_id"], e, 0) for r, e in failed])
+            await self._record_failed(
+                [(r["message_id"], r["msg_id"], e) for r, e in failed], attempted=False
+            )
         for session_id, parked_rows in park.items():
             await self._park(session_id, [(r["message_id"], r["msg_id"]) for r in parked_rows])
         for jid in list(self._queues):
@@ -267,7 +281,9 @@ class Dispatcher:
                     await self._park_jobs(self._take_all(queue))
                 except PermanentSendError as exc:
                     queue.popleft()
-                    await self._record_failed([(job.message_id, job.msg_id, str(exc), 1)])
+                    await self._record_failed(
+                        [(job.message_id, job.msg_id, str(exc))], attempted=True
+                    )
                 except Exception as exc:
                     if not isinstance(exc, TransientSendError):
                         log.exception("unexpected error sending %s; retrying", job.message_id)
@@ -346,7 +362,7 @@ class Dispatcher:
         attempts = job.attempts + 1
         if attempts >= self.settings.max_attempts:
             reason = f"gave up after {attempts} attempts; last error: {exc}"
-            await self._record_failed([(job.message_id, job.msg_id, reason, 1)])
+            await self._record_failed([(job.message_id, job.msg_id, reason)], attempted=True)
             return
         delay = self.backoff(attempts)
         log.info(
@@ -364,19 +380,21 @@ class Dispatcher:
         self._wake_after(delay)
         self.stats.retried += 1
 
-    async def _record_failed(self, items: list[tuple[uuid.UUID, int, str, int]]) -> None:
-        for message_id, _, error, _ in items:
+    async def _record_failed(
+        self, items: list[tuple[uuid.UUID, int, str]], *, attempted: bool
+    ) -> None:
+        """`attempted`: a send was tried (it counts); otherwise the message will not be sent."""
+        for message_id, _, error in items:
             log.warning("message %s failed: %s", message_id, error)
         await self.db.fetch(
-            "record_failed",
+            "record_failed" if attempted else "record_expired",
             {
                 "ids": [i[0] for i in items],
                 "errors": [i[2] for i in items],
-                "counted": [i[3] for i in items],
                 "msg_ids": [i[1] for i in items],
             },
         )
-        for _, msg_id, _, _ in items:
+        for _, msg_id, _ in items:
             self._inflight.pop(msg_id, None)
         self.stats.failed += len(items)
 

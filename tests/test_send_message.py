@@ -101,7 +101,8 @@ REJECTED = [
     ("employee", G2, "hi", "PT403"),  # assigned to another team
     ("employee", G_UNASSIGNED, "hi", "PT403"),
     ("impostor", G_UNASSIGNED, "hi", "PT403"),  # admin only in user_metadata
-    ("employee", UNKNOWN, "hi", "PT404"),
+    ("employee", UNKNOWN, "hi", "PT403"),  # not told apart from unassigned
+    ("admin", UNKNOWN, "hi", "PT404"),
     ("employee", G_INACTIVE, "hi", "PT410"),
     ("employee", G_READONLY, "hi", "PT409"),
     ("employee", None, "hi", "22023"),

@@ -1,3 +1,1 @@
-select msg_id
-from pgmq.set_vt('whatsapp_outbound', %(msg_ids)s::bigint[],
-                 clock_timestamp() + make_interval(secs => %(seconds)s))
+select private.outbound_extend(%(msg_ids)s::bigint[], %(seconds)s::double precision) as msg_id

@@ -1,9 +1,3 @@
--- Give messages back without counting an attempt (session down, a retry or shutdown behind them,
--- another poller's): pending again, and visible to any poller after `delay` seconds.
-with released as (
-  update public.messages
-  set status = 'pending'
-  where id = any(%(ids)s::uuid[]) and status = 'sending'
-  returning id
-)
-select msg_id from pgmq.set_vt('whatsapp_outbound', %(msg_ids)s::bigint[], clock_timestamp() + make_interval(secs => %(delay)s))
+-- Give jobs back without counting an attempt: pending again, visible after `delay` seconds.
+select private.outbound_give_back(%(ids)s::uuid[], %(msg_ids)s::bigint[],
+                                  %(delay)s::double precision) as msg_id

@@ -2,13 +2,15 @@
 
 create schema if not exists private;
 revoke all on schema private from public;
+-- Functions made here are their owner's until granted (PostgreSQL grants EXECUTE to PUBLIC).
+alter default privileges in schema private revoke execute on functions from public;
 
 create type public.session_status as enum ('scanning', 'connecting', 'connected', 'disconnected');
 create type public.message_status as enum ('pending', 'sending', 'sent', 'delivered', 'read', 'failed');
 
 create function private.touch_updated_at() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   new.updated_at := now();
@@ -16,6 +18,25 @@ begin
 end
 $$;
 revoke execute on function private.touch_updated_at() from public;
+
+-- Blank: nothing a reader would see. Unicode White_Space, controls (Cc) and format characters
+-- (Cf), plus the fillers and selectors that render as nothing (Hangul fillers, the blank braille
+-- pattern, variation selectors). One rule for the table's check and for send_message's error.
+create function private.is_blank(p_text text) returns boolean
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select p_text is null or p_text ~ (
+    '^['
+    || '\u0001-\u0020\u007f-\u00a0\u00ad\u1680\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f'
+    || '\u3000\ufeff\ufff9-\ufffb\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e'
+    || '\u115f\u1160\u3164\uffa0\u2800\ufe00-\ufe0f'
+    || '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a'
+    || '\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef'
+    || ']*$')
+$$;
+-- Every writer of messages evaluates the check that calls it; it only classifies text.
+grant execute on function private.is_blank(text) to public;
 
 -- One row per admin WhatsApp number. qr_code and config are for admins only (see RLS).
 create table public.whatsapp_sessions (
@@ -78,9 +99,12 @@ create table public.messages (
   id uuid primary key default gen_random_uuid(),
   wa_message_id varchar(128),
   group_jid varchar(64) not null references public.whatsapp_groups (jid),
-  sender_id uuid references auth.users (id) on delete set null,
+  -- Who sent it, kept as a value and not a reference: the audit trail outlives the account.
+  sender_id uuid,
+  sender_email varchar(255),
+  -- Length in code points (char_length), as send_message counts it.
   content text not null
-    constraint messages_content_not_blank check (content ~ '[^\s\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]')
+    constraint messages_content_not_blank check (not private.is_blank(content))
     constraint messages_content_length check (char_length(content) <= 65536),
   status public.message_status not null default 'pending',
   error_log text,
@@ -96,6 +120,8 @@ create table public.messages (
 -- pay for an index entry.
 create unique index messages_sender_client_msg_id_key on public.messages (sender_id, client_msg_id)
   where client_msg_id is not null;
+-- The per-sender quota counts a sender's last minute.
+create index messages_sender_id_created_at_idx on public.messages (sender_id, created_at);
 create index messages_group_jid_created_at_idx on public.messages (group_jid, created_at);
 create index messages_wa_message_id_idx on public.messages (wa_message_id) where wa_message_id is not null;
 create index messages_unfinished_idx on public.messages (group_jid, status)

@@ -8,7 +8,7 @@
 -- the two that read membership are SECURITY DEFINER so policies do not recurse through RLS.
 create function private.is_admin() returns boolean
 language plpgsql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return coalesce((select auth.jwt()) -> 'app_metadata' ->> 'role', '') = 'admin';
@@ -17,7 +17,7 @@ $$;
 
 create function private.my_employee_group_ids() returns setof uuid
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return query
@@ -29,7 +29,7 @@ $$;
 
 create function private.my_group_jids() returns setof varchar
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return query
@@ -40,7 +40,8 @@ begin
 end
 $$;
 
-revoke execute on all functions in schema private from public;
+revoke execute on function private.is_admin(), private.my_employee_group_ids(), private.my_group_jids()
+  from public;
 grant usage on schema private to authenticated;
 grant execute on function private.is_admin(), private.my_employee_group_ids(), private.my_group_jids()
   to authenticated;
@@ -52,16 +53,33 @@ alter table public.employee_group_members enable row level security;
 alter table public.group_assignments enable row level security;
 alter table public.messages enable row level security;
 
--- Admins read and manage everything except the message log, which they only read.
+-- Reading: one policy per table for `authenticated`, so each row is checked once (admins read
+-- everything; employees what their teams are assigned; nobody reads the sessions but admins).
+create policy "Admins can read whatsapp sessions" on public.whatsapp_sessions
+  for select to authenticated using ((select private.is_admin()));
+create policy "Members can read their teams, admins every team" on public.employee_groups
+  for select to authenticated
+  using ((select private.is_admin()) or id in (select private.my_employee_group_ids()));
+create policy "Users can read their own memberships, admins all" on public.employee_group_members
+  for select to authenticated
+  using ((select private.is_admin()) or user_id = (select auth.uid()));
+create policy "Members can read their teams' group assignments, admins all" on public.group_assignments
+  for select to authenticated
+  using ((select private.is_admin()) or employee_group_id in (select private.my_employee_group_ids()));
+create policy "Members can read groups assigned to their teams, admins all" on public.whatsapp_groups
+  for select to authenticated
+  using ((select private.is_admin()) or jid in (select private.my_group_jids()));
+create policy "Members can read messages of groups assigned to their teams, admins all" on public.messages
+  for select to authenticated
+  using ((select private.is_admin()) or group_jid in (select private.my_group_jids()));
+
+-- Admins manage everything except the message log, which nobody writes but send_message.
 do $$
 declare
   t text;
 begin
   foreach t in array array['whatsapp_sessions', 'whatsapp_groups', 'employee_groups',
-                           'employee_group_members', 'group_assignments', 'messages'] loop
-    execute format('create policy %I on public.%I for select to authenticated using ((select private.is_admin()))',
-                   'Admins can read ' || replace(t, '_', ' '), t);
-    continue when t = 'messages';
+                           'employee_group_members', 'group_assignments'] loop
     execute format('create policy %I on public.%I for insert to authenticated with check ((select private.is_admin()))',
                    'Admins can create ' || replace(t, '_', ' '), t);
     execute format('create policy %I on public.%I for update to authenticated using ((select private.is_admin())) with check ((select private.is_admin()))',
@@ -71,22 +89,6 @@ begin
   end loop;
 end
 $$;
-
--- Employees read what their employee groups are assigned, and nothing of the sessions.
-create policy "Members can read their employee groups" on public.employee_groups
-  for select to authenticated using (id in (select private.my_employee_group_ids()));
-
-create policy "Users can read their own memberships" on public.employee_group_members
-  for select to authenticated using (user_id = (select auth.uid()));
-
-create policy "Members can read their teams' group assignments" on public.group_assignments
-  for select to authenticated using (employee_group_id in (select private.my_employee_group_ids()));
-
-create policy "Members can read groups assigned to their teams" on public.whatsapp_groups
-  for select to authenticated using (jid in (select private.my_group_jids()));
-
-create policy "Members can read messages of groups assigned to their teams" on public.messages
-  for select to authenticated using (group_jid in (select private.my_group_jids()));
 
 -- Privileges: Supabase grants everything on new tables to the API roles; take back what RLS
 -- alone should not be trusted with.

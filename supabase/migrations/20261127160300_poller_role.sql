@@ -1,5 +1,6 @@
--- wa_poller: the role the poller daemon connects as. Not a superuser and no BYPASSRLS: it reads
--- and acknowledges the queue, writes statuses, sessions and groups, and nothing else.
+-- wa_poller: the role the poller daemon connects as. Not a superuser and no BYPASSRLS: it takes
+-- and acknowledges jobs through the project's functions, writes statuses, sessions and groups,
+-- and nothing else.
 -- Created without LOGIN; `wa-poller db bootstrap --poller-password` (or an operator) enables it.
 do $$
 begin
@@ -34,27 +35,10 @@ create policy "The poller can create groups" on public.whatsapp_groups
 create policy "The poller can update groups" on public.whatsapp_groups
   for update to wa_poller using (true) with check (true);
 
--- The queue: read (plain and grouped), extend visibility, archive, delete, metrics.
-grant usage on schema pgmq to wa_poller;
--- Only the lease columns: the poller can never rewrite a queued payload or its group header.
-grant select, delete on pgmq.q_whatsapp_outbound to wa_poller;
-grant update (vt, read_ct, last_read_at) on pgmq.q_whatsapp_outbound to wa_poller;
--- pgmq.archive runs as its caller and moves the row into the archive table.
-grant select, insert on pgmq.a_whatsapp_outbound to wa_poller;
-grant select on pgmq.q_whatsapp_outbound_msg_id_seq, pgmq.meta to wa_poller;
-do $$
-declare
-  f regprocedure;
-begin
-  for f in
-    select p.oid::regprocedure from pg_proc p
-    where p.pronamespace = 'pgmq'::regnamespace
-      and p.proname in ('read', 'read_with_poll', 'read_grouped', 'read_grouped_with_poll',
-                        'read_grouped_rr', 'read_grouped_rr_with_poll', 'read_grouped_head',
-                        'read_grouped_head_with_poll', 'archive', 'delete', 'set_vt', 'metrics',
-                        'format_table_name')
-  loop
-    execute format('grant execute on function %s to wa_poller', f);
-  end loop;
-end
-$$;
+-- The queue is changed only through the project's functions in `private` (one per transition,
+-- SECURITY DEFINER, see 20261127200000_outbound_take.sql): the poller has no privilege on any
+-- pgmq object, so it can neither rewrite nor drop a job, nor lock the queue.
+
+-- The role running the migrations (`postgres` on Supabase) may act as the poller: Studio's SQL
+-- editor and `supabase test db` check what the poller can do with `set role wa_poller`.
+grant wa_poller to current_user;

@@ -5,7 +5,7 @@
 -- allowed is sending → pending: a send that was not attempted or will be retried.
 create function private.enforce_status_order() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   rank_old int := array_position(array['pending', 'sending', 'sent', 'delivered', 'read'], old.status::text);

@@ -8,12 +8,11 @@ create table public.message_receipts (
 );
 alter table public.message_receipts enable row level security;
 
-create policy "Admins can read message receipts" on public.message_receipts
-  for select to authenticated using ((select private.is_admin()));
-create policy "Members can read receipts of their groups' messages" on public.message_receipts
+create policy "Members can read receipts of their groups' messages, admins all" on public.message_receipts
   for select to authenticated using (
-    exists (select 1 from public.messages m
-            where m.id = message_id and m.group_jid in (select private.my_group_jids())));
+    (select private.is_admin())
+    or exists (select 1 from public.messages m
+               where m.id = message_id and m.group_jid in (select private.my_group_jids())));
 create policy "The poller can read message receipts" on public.message_receipts
   for select to wa_poller using (true);
 create policy "The poller can record message receipts" on public.message_receipts

@@ -1,6 +1,9 @@
--- The poller's read of the outbound queue, in one round trip with plans cached by plpgsql
--- (pgmq.read_grouped_rr builds and plans its SQL at every call), and a wake-up that costs the
--- producers nothing while the poller is busy.
+-- The outbound queue's transitions, one function each (take, sent, retry, fail, expire, give
+-- back, extend, discard), and the wake-up. They are the poller's only access to the queue: each
+-- is SECURITY DEFINER and written on pgmq 1.5.1's columns of the queue table (msg_id, read_ct,
+-- enqueued_at, vt, message, headers), so they work from pgmq 1.5.1 to the newest. The read is one
+-- round trip with plans cached by plpgsql (pgmq's read functions plan their SQL at every call),
+-- and the wake-up costs the producers nothing while the poller is busy.
 
 -- A queue message read, with what sending it needs and whether it was claimed.
 create type private.outbound_claim as (
@@ -24,7 +27,7 @@ create function private.claim_outbound(
   p_ttl double precision
 ) returns setof private.outbound_claim
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_groups text[];
@@ -106,8 +109,8 @@ create function private.take_outbound(
   p_qty integer,
   p_ttl double precision
 ) returns setof private.outbound_claim
-language plpgsql
-set search_path = ''
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_picked bigint[];
@@ -166,8 +169,7 @@ begin
   with leased as (
     update pgmq.q_whatsapp_outbound m
     set vt = clock_timestamp() + make_interval(secs => p_vt),
-        read_ct = m.read_ct + 1,
-        last_read_at = clock_timestamp()
+        read_ct = m.read_ct + 1
     where m.msg_id = any(v_locked) and m.vt <= clock_timestamp()
     returning m.msg_id, (m.message ->> 'message_id')::uuid as message_id
   )
@@ -196,14 +198,11 @@ comment on table private.outbound_listener is
   'One row: true while a poller waits for the next message (the next insert notifies).';
 insert into private.outbound_listener default values;
 alter table private.outbound_listener enable row level security;
-create policy "The poller can arm the listener" on private.outbound_listener
-  for all to wa_poller using (true) with check (true);
-grant select, update (armed) on private.outbound_listener to wa_poller;
 
 create function private.wake_outbound_listener() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   -- Every insert that sees the flag armed notifies, also while another one's clearing is not
@@ -226,8 +225,8 @@ create trigger wake_outbound_listener after insert on pgmq.q_whatsapp_outbound
 -- open. The SHARE lock (never waited for: NOWAIT) proves every earlier insert has committed, so
 -- a read after this returns sees them, and every later insert sees the flag and notifies.
 create function private.arm_outbound_listener() returns boolean
-language plpgsql
-set search_path = ''
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   lock table pgmq.q_whatsapp_outbound in share mode nowait;
@@ -238,10 +237,147 @@ exception when lock_not_available then
 end
 $$;
 
-revoke execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
+-- The transitions after a send. Each archives or re-times the job in the same transaction as
+-- the message's status, so one commits only with the other.
+
+-- Moves finished jobs to the archive table, as pgmq.archive does (the audit trail of jobs).
+create function private.archive_outbound(p_msg_ids bigint[]) returns setof bigint
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+  with moved as (
+    delete from pgmq.q_whatsapp_outbound q where q.msg_id = any(p_msg_ids)
+    returning q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message, q.headers
+  )
+  insert into pgmq.a_whatsapp_outbound (msg_id, read_ct, enqueued_at, vt, message, headers)
+  select m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers from moved m
+  returning msg_id
+$$;
+
+-- Makes jobs invisible until `p_delay` seconds from now (0: visible at once).
+create function private.retime_outbound(p_msg_ids bigint[], p_delay double precision)
+returns setof bigint
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+  update pgmq.q_whatsapp_outbound q
+  set vt = clock_timestamp() + make_interval(secs => greatest(p_delay, 0))
+  where q.msg_id = any(p_msg_ids)
+  returning q.msg_id
+$$;
+
+-- WhatsApp accepted the messages: `sent`, and their jobs archived.
+create function private.outbound_sent(
+  p_ids uuid[], p_msg_ids bigint[], p_wa_message_ids text[], p_sent_ats timestamptz[]
+) returns setof bigint
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  update public.messages m
+  set status = 'sent', wa_message_id = s.wa_message_id, sent_at = s.sent_at,
+      attempts = m.attempts + 1, error_log = null
+  from unnest(p_ids, p_wa_message_ids, p_sent_ats) as s(id, wa_message_id, sent_at)
+  where m.id = s.id and m.status in ('pending', 'sending');
+  return query select private.archive_outbound(p_msg_ids);
+end
+$$;
+
+-- A transient failure: back to `pending` with the error, the job invisible until the backoff
+-- ends (the attempt is counted).
+create function private.outbound_retry(
+  p_id uuid, p_msg_id bigint, p_error text, p_delay double precision
+) returns setof bigint
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  update public.messages m
+  set status = 'pending', error_log = p_error, attempts = m.attempts + 1
+  where m.id = p_id and m.status in ('pending', 'sending');
+  return query select private.retime_outbound(array[p_msg_id], p_delay);
+end
+$$;
+
+-- A send that failed for good: `failed` with the error (the attempt is counted), job archived.
+create function private.outbound_fail(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
+returns setof bigint
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  update public.messages m
+  set status = 'failed', error_log = f.error, attempts = m.attempts + 1
+  from unnest(p_ids, p_errors) as f(id, error)
+  where m.id = f.id and m.status in ('pending', 'sending');
+  return query select private.archive_outbound(p_msg_ids);
+end
+$$;
+
+-- Messages that will not be sent, without a send being tried (expired, or their group closed):
+-- `failed` with the reason, no attempt counted, job archived.
+create function private.outbound_expire(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
+returns setof bigint
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  update public.messages m
+  set status = 'failed', error_log = f.error
+  from unnest(p_ids, p_errors) as f(id, error)
+  where m.id = f.id and m.status in ('pending', 'sending');
+  return query select private.archive_outbound(p_msg_ids);
+end
+$$;
+
+-- Gives jobs back without counting an attempt (session down, a retry or a shutdown ahead of
+-- them, another poller's): `pending` again, visible to any poller after `p_delay` seconds.
+-- `p_ids` may be empty: the jobs only become visible again.
+create function private.outbound_give_back(p_ids uuid[], p_msg_ids bigint[], p_delay double precision)
+returns setof bigint
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  update public.messages m
+  set status = 'pending'
+  where m.id = any(p_ids) and m.status = 'sending';
+  return query select private.retime_outbound(p_msg_ids, p_delay);
+end
+$$;
+
+-- Keeps jobs held in the poller's memory invisible to the others for `p_seconds` more.
+create function private.outbound_extend(p_msg_ids bigint[], p_seconds double precision)
+returns setof bigint
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select private.retime_outbound(p_msg_ids, p_seconds)
+$$;
+
+-- Archives the jobs with nothing left to do: their message row is gone or already final. Jobs
+-- whose message still waits are left alone, whatever the caller thinks.
+create function private.outbound_discard(p_msg_ids bigint[]) returns setof bigint
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select private.archive_outbound(array(
+    select q.msg_id
+    from pgmq.q_whatsapp_outbound q
+    left join public.messages m on m.id = (q.message ->> 'message_id')::uuid
+    where q.msg_id = any(p_msg_ids)
+      and (m.id is null or m.status not in ('pending', 'sending'))))
+$$;
+
+-- Exactly what the poller calls; everything else in `private` stays its owner's.
+grant execute on function
   private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
-  private.wake_outbound_listener(),
-  private.arm_outbound_listener() from public;
-grant execute on function private.claim_outbound(bigint[], uuid[], uuid[], text, bigint[], double precision),
-  private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
-  private.arm_outbound_listener() to wa_poller;
+  private.outbound_sent(uuid[], bigint[], text[], timestamptz[]),
+  private.outbound_retry(uuid, bigint, text, double precision),
+  private.outbound_fail(uuid[], bigint[], text[]),
+  private.outbound_expire(uuid[], bigint[], text[]),
+  private.outbound_give_back(uuid[], bigint[], double precision),
+  private.outbound_extend(bigint[], double precision),
+  private.outbound_discard(bigint[]),
+  private.arm_outbound_listener()
+  to wa_poller;

@@ -36,6 +36,8 @@ CLAIMS = json.dumps({"sub": str(EMPLOYEE), "role": "authenticated"})
 def prepare(url: str) -> None:
     """One team of GROUPS groups on one session, and the employee who sends."""
     with psycopg.connect(url, autocommit=True) as conn:
+        # A benchmark sends as an automation would: without the per-person quotas.
+        conn.execute("update send_limits set sender_per_minute = null, group_pending = null")
         conn.execute(
             "insert into auth.users (id, email) values (%s, 'bench@agency.test')", [EMPLOYEE]
         )

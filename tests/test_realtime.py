@@ -1,5 +1,7 @@
-"""Status updates reach Supabase Realtime: it reads logical decoding through wal2json, the
-plugin Realtime uses, so we read the same stream here."""
+"""postgres_changes, the simple path: status updates of public.messages reach Supabase Realtime
+through the `supabase_realtime` publication. Realtime reads logical decoding through wal2json, so
+we read the same stream here. Each change carries the whole row, content included, and Realtime
+authorizes it once per subscriber: the ticks go through Broadcast instead (test_broadcast.py)."""
 
 import json
 
@@ -28,3 +30,4 @@ def test_status_update_appears_in_the_wal2json_stream(conn, data):
     assert update["id"] == str(row["id"])
     assert update["status"] == "sent"
     assert update["sent_at"] is not None
+    assert update["content"] == "canlı"

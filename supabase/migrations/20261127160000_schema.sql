@@ -2,8 +2,7 @@
 
 create schema if not exists private;
 revoke all on schema private from public;
--- Functions made here are their owner's until granted (PostgreSQL grants EXECUTE to PUBLIC).
-alter default privileges in schema private revoke execute on functions from public;
+-- Who may execute the functions in private is set in one place: 20261127220000_function_privileges.sql.
 
 create type public.session_status as enum ('scanning', 'connecting', 'connected', 'disconnected');
 create type public.message_status as enum ('pending', 'sending', 'sent', 'delivered', 'read', 'failed');
@@ -17,7 +16,6 @@ begin
   return new;
 end
 $$;
-revoke execute on function private.touch_updated_at() from public;
 
 -- Blank: nothing a reader would see. Unicode White_Space, controls (Cc) and format characters
 -- (Cf), plus the fillers and selectors that render as nothing (Hangul fillers, the blank braille
@@ -35,8 +33,6 @@ as $$
     || '\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef'
     || ']*$')
 $$;
--- Every writer of messages evaluates the check that calls it; it only classifies text.
-grant execute on function private.is_blank(text) to public;
 
 -- One row per admin WhatsApp number. qr_code and config are for admins only (see RLS).
 create table public.whatsapp_sessions (

@@ -40,11 +40,7 @@ begin
 end
 $$;
 
-revoke execute on function private.is_admin(), private.my_employee_group_ids(), private.my_group_jids()
-  from public;
 grant usage on schema private to authenticated;
-grant execute on function private.is_admin(), private.my_employee_group_ids(), private.my_group_jids()
-  to authenticated;
 
 alter table public.whatsapp_sessions enable row level security;
 alter table public.whatsapp_groups enable row level security;

@@ -230,10 +230,6 @@ $$;
 comment on function public.send_message(text, text, uuid) is
   'Queue a WhatsApp message to a group the caller may post to. Returns the messages row (status pending).';
 
-revoke execute on function private.send_message(text, text, uuid) from public;
-revoke execute on function private.echo(text) from public;
-revoke execute on function private.same_request_or_raise(public.messages, text, text) from public;
 revoke execute on function public.send_message(text, text, uuid) from public, anon;
 grant usage on schema private to service_role;
-grant execute on function private.send_message(text, text, uuid) to authenticated, service_role;
 grant execute on function public.send_message(text, text, uuid) to authenticated, service_role;

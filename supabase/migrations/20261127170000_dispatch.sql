@@ -21,7 +21,6 @@ begin
     using errcode = '23514', hint = 'Statuses only move forward.';
 end
 $$;
-revoke execute on function private.enforce_status_order() from public;
 
 create trigger messages_status_order before update of status on public.messages
   for each row execute function private.enforce_status_order();

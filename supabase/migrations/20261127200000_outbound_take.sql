@@ -368,16 +368,3 @@ as $$
     where q.msg_id = any(p_msg_ids)
       and (m.id is null or m.status not in ('pending', 'sending'))))
 $$;
-
--- Exactly what the poller calls; everything else in `private` stays its owner's.
-grant execute on function
-  private.take_outbound(text, uuid[], integer[], bigint[], integer, integer, double precision),
-  private.outbound_sent(uuid[], bigint[], text[], timestamptz[]),
-  private.outbound_retry(uuid, bigint, text, double precision),
-  private.outbound_fail(uuid[], bigint[], text[]),
-  private.outbound_expire(uuid[], bigint[], text[]),
-  private.outbound_give_back(uuid[], bigint[], double precision),
-  private.outbound_extend(bigint[], double precision),
-  private.outbound_discard(bigint[]),
-  private.arm_outbound_listener()
-  to wa_poller;

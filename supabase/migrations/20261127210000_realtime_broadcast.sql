@@ -61,7 +61,6 @@ as $$
     where r.message_id = m.id
   ) c
 $$;
-revoke execute on function private.message_tick(public.messages) from public;
 
 -- SECURITY DEFINER: the writers (wa_poller, the RPC's owner) have no right on realtime.messages,
 -- and realtime.send, which runs as its caller, would only WARN and send nothing.
@@ -76,7 +75,6 @@ begin
   return null;
 end
 $$;
-revoke execute on function private.broadcast_message_status() from public;
 
 create trigger messages_broadcast_created after insert on public.messages
   for each row execute function private.broadcast_message_status();
@@ -136,7 +134,6 @@ begin
   return null;
 end
 $$;
-revoke execute on function private.broadcast_receipt_counts() from public;
 
 create trigger message_receipts_broadcast_insert after insert on public.message_receipts
   referencing new table as changed_receipts

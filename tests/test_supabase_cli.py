@@ -242,3 +242,31 @@ def test_advisors_report_no_error_or_warning(pushed: str, cli_env: dict[str, str
         if item["level"] in ("ERROR", "WARN")
     ]
     assert not offenders, f"{len(offenders)} advisor findings:\n" + "\n".join(offenders)
+
+
+def test_push_refuses_a_pgmq_without_headers_and_changes_nothing(
+    new_database, cli_env: dict[str, str]
+) -> None:
+    """pgmq older than 1.5.1 (1.4.4 on older hosted projects): the first migration stops before
+    it changes anything, saying what is needed."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # pgmq 1.4's surface: no headers variants of send.
+        for signature in (
+            "send(text, jsonb, jsonb)",
+            "send(text, jsonb, jsonb, integer)",
+            "send(text, jsonb, jsonb, timestamp with time zone)",
+        ):
+            conn.execute(f"drop function if exists pgmq.{signature}")
+    done = supabase(
+        cli_env, "db", "push", "--db-url", cli_url(postgres_url(url)), "--yes", check=False
+    )
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "too old: this project needs pgmq 1.5.1 or newer" in said, said
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select to_regnamespace('private')").fetchone() == (None,)
+        applied = conn.execute(
+            "select count(*) from supabase_migrations.schema_migrations"
+        ).fetchone()[0]
+        assert applied == 0

@@ -1,5 +1,32 @@
 -- Tables of the outbox: sessions, groups (JID is the key), permissions and the message log.
 
+-- What the project needs, checked first so that a project without it changes nothing.
+-- pgmq: the extension on Supabase; on plain PostgreSQL `wa-poller db bootstrap` has already
+-- installed pgmq's SQL-only form, so the extension is only created when pgmq is absent.
+-- The project uses pgmq 1.5.1's surface only (what hosted Supabase ships): the queue table with
+-- its `headers` column, written and read by the project's own functions.
+do $$
+declare
+  v_version text;
+begin
+  if to_regclass('pgmq.meta') is null then
+    create extension if not exists pgmq;
+  end if;
+  select e.extversion into v_version from pg_catalog.pg_extension e where e.extname = 'pgmq';
+  -- Message headers (the per-group key) came with pgmq 1.5; the SQL-only install has no
+  -- extension row, so its surface is what tells.
+  if (v_version is not null
+      and pg_catalog.string_to_array(pg_catalog.split_part(v_version, '-', 1), '.')::int[] < '{1,5,1}')
+     or (v_version is null
+         and pg_catalog.to_regprocedure('pgmq.send(text, jsonb, jsonb, integer)') is null) then
+    raise exception 'pgmq % is too old: this project needs pgmq 1.5.1 or newer (message headers)',
+                    coalesce(v_version, '(a SQL-only install without message headers)')
+      using errcode = '0A000',
+            hint = 'On Supabase, upgrade the project''s Postgres (Settings > Infrastructure): its images ship pgmq 1.5.1 or newer. Elsewhere: alter extension pgmq update, or drop pgmq and run wa-poller db bootstrap, which installs a current one.';
+  end if;
+end
+$$;
+
 create schema if not exists private;
 revoke all on schema private from public;
 -- Who may execute the functions in private is set in one place: 20261127220000_function_privileges.sql.

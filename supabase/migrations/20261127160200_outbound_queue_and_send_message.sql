@@ -1,28 +1,8 @@
 -- The outbound queue and the RPC that writes a message and enqueues it in one transaction.
 
--- pgmq: the extension on Supabase; on plain PostgreSQL `wa-poller db bootstrap` has already
--- installed pgmq's SQL-only form, so the extension is only created when pgmq is absent.
--- The project uses pgmq 1.5.1's surface only (what hosted Supabase ships): the queue table with
--- its `headers` column, written and read by the project's own functions.
+-- The queue (pgmq is there and new enough: see 20261127160000_schema.sql).
 do $$
-declare
-  v_version text;
 begin
-  if to_regclass('pgmq.meta') is null then
-    create extension if not exists pgmq;
-  end if;
-  select e.extversion into v_version from pg_catalog.pg_extension e where e.extname = 'pgmq';
-  -- Message headers (the per-group key) came with pgmq 1.5; the SQL-only install has no
-  -- extension row, so its surface is what tells.
-  if (v_version is not null
-      and pg_catalog.string_to_array(pg_catalog.split_part(v_version, '-', 1), '.')::int[] < '{1,5,1}')
-     or (v_version is null
-         and pg_catalog.to_regprocedure('pgmq.send(text, jsonb, jsonb, integer)') is null) then
-    raise exception 'pgmq % is too old: this project needs pgmq 1.5.1 or newer (message headers)',
-                    coalesce(v_version, '(SQL install without headers)')
-      using errcode = '0A000',
-            hint = 'On Supabase: Database > Extensions, disable pgmq and enable it again at its newest version (or alter extension pgmq update). Elsewhere: drop it and run wa-poller db bootstrap, which installs a current one.';
-  end if;
   if not exists (select 1 from pgmq.meta where queue_name = 'whatsapp_outbound') then
     perform pgmq.create('whatsapp_outbound');
   end if;

@@ -20,7 +20,7 @@ on conflict (jid) do nothing;
 
 insert into public.employee_groups (id, name)
 values ('00000000-0000-4000-8000-00000000b001', 'Claims')
-on conflict (id) do nothing;
+on conflict do nothing;
 
 insert into public.employee_group_members (employee_group_id, user_id)
 values ('00000000-0000-4000-8000-00000000b001', '00000000-0000-4000-8000-00000000e001')

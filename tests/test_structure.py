@@ -5,6 +5,28 @@ import pytest
 
 from poller.resources import migrations
 
+# What wa_poller may execute in `private`, in one place: one function per transition of the
+# outbound queue (take, sent, retry, fail, expire, give back, extend, discard) and the wake-up.
+# They are its only access to the queue.
+POLLER_FUNCTIONS = [
+    "private.take_outbound(text,uuid[],integer[],bigint[],integer,integer,double precision)",
+    "private.outbound_sent(uuid[],bigint[],text[],timestamp with time zone[])",
+    "private.outbound_retry(uuid,bigint,text,double precision)",
+    "private.outbound_fail(uuid[],bigint[],text[])",
+    "private.outbound_expire(uuid[],bigint[],text[])",
+    "private.outbound_give_back(uuid[],bigint[],double precision)",
+    "private.outbound_extend(bigint[],double precision)",
+    "private.outbound_discard(bigint[])",
+    "private.arm_outbound_listener()",
+]
+# Granted to PUBLIC: the check constraint messages_content_not_blank calls it, and a CHECK runs
+# with the rights of whoever writes the row (the poller updates statuses). It only classifies
+# text.
+EVERYONE_FUNCTIONS = ["private.is_blank(text)"]
+# The search_path of every function in public and private: nothing resolves through pg_temp
+# before pg_catalog (pg_temp is searched first for types and relations unless named).
+SEARCH_PATH = "search_path=pg_catalog, pg_temp"
+
 
 def rows(conn: psycopg.Connection, query: str) -> list[tuple]:
     return conn.execute(query).fetchall()
@@ -16,11 +38,20 @@ def test_every_table_in_public_has_rls_enabled(conn):
         "select c.relname, c.relrowsecurity from pg_class c "
         "where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')",
     )
-    assert len(tables) == 7
+    assert len(tables) == 8
     assert [name for name, rls in tables if not rls] == []
 
 
-def test_every_security_definer_function_has_a_fixed_search_path(conn):
+def search_path_of(config: list[str] | None) -> list[str] | None:
+    for setting in config or []:
+        if setting.startswith("search_path="):
+            return [part.strip() for part in setting.removeprefix("search_path=").split(",")]
+    return None
+
+
+def test_no_security_definer_function_searches_pg_temp_first(conn):
+    """Finding 1: with no search_path, or one that does not name pg_temp (even ''), PostgreSQL
+    looks up types and relations in the caller's pg_temp FIRST, as the function's owner."""
     definers = rows(
         conn,
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p "
@@ -28,21 +59,22 @@ def test_every_security_definer_function_has_a_fixed_search_path(conn):
         "('pg_catalog'::regnamespace, 'information_schema'::regnamespace)",
     )
     assert definers, "expected the RPC body and the RLS helpers to be SECURITY DEFINER"
-    unfixed = [
-        name
+    offenders = [
+        (name, config)
         for name, config in definers
-        if not any(c.startswith("search_path=") for c in (config or []))
+        if (path := search_path_of(config)) is None or not path or path[-1] != "pg_temp"
     ]
-    assert unfixed == []
+    assert offenders == []
 
 
-def test_every_function_of_ours_has_an_empty_search_path(conn):
+def test_every_function_of_ours_searches_pg_catalog_then_pg_temp(conn):
     funcs = rows(
         conn,
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p "
         "where p.pronamespace in ('public'::regnamespace, 'private'::regnamespace)",
     )
-    assert [name for name, config in funcs if 'search_path=""' not in (config or [])] == []
+    assert funcs
+    assert [(name, config) for name, config in funcs if SEARCH_PATH not in (config or [])] == []
 
 
 def test_anon_can_execute_no_function_in_public(conn):
@@ -103,26 +135,109 @@ def test_wa_poller_is_least_privilege(conn):
     assert checks == (False, False, False, False, False, False)
 
 
-def test_wa_poller_can_read_and_acknowledge_the_queue(conn, data):
-    conn.execute(
-        "select pgmq.send('whatsapp_outbound', '{\"message_id\": \"x\"}'::jsonb, "
-        '\'{"x-pgmq-group": "120363000000000001@g.us"}\'::jsonb)'
-    )
+def test_wa_poller_takes_and_acknowledges_only_through_the_projects_functions(conn, data):
+    from tests.personas import G1, send_as
+
+    sent = send_as(conn, "employee", data, G1, "kuyrukta")
     with conn.transaction(force_rollback=True):
         conn.execute("set local role wa_poller")
-        read = conn.execute("select msg_id from pgmq.read_grouped_rr('whatsapp_outbound', 30, 10)")
-        msg_id = read.fetchone()[0]
-        conn.execute("select pgmq.set_vt('whatsapp_outbound', %s, 5)", [msg_id])
-        assert conn.execute("select pgmq.archive('whatsapp_outbound', %s)", [msg_id]).fetchone()[0]
-        assert (
-            conn.execute(
-                "select count(*) from pgmq.a_whatsapp_outbound where msg_id = %s", [msg_id]
-            ).fetchone()[0]
-            == 1
-        )
-        conn.execute("select queue_length from pgmq.metrics('whatsapp_outbound')")
+        taken = conn.execute(
+            "select msg_id, message_id, claimed from private.take_outbound("
+            "'structure-test', %s, array[10], '{}'::bigint[], 30, 10, 3600)",
+            [[data.session]],
+        ).fetchall()
+        assert [(m, c) for _, m, c in taken] == [(sent["id"], True)]
+        msg_id = taken[0][0]
+        for bypass in (
+            "select * from pgmq.read('whatsapp_outbound', 30, 10)",
+            f"select pgmq.archive('whatsapp_outbound', {msg_id}::bigint)",
+            f"select pgmq.delete('whatsapp_outbound', {msg_id}::bigint)",
+            f"update pgmq.q_whatsapp_outbound set vt = now() where msg_id = {msg_id}",
+            f"delete from pgmq.q_whatsapp_outbound where msg_id = {msg_id}",
+            f"insert into pgmq.a_whatsapp_outbound (msg_id, vt, message) "
+            f"values ({msg_id}, now(), '{{}}')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(bypass)
+        archived = conn.execute(
+            "select * from private.outbound_sent(%s, %s, %s, %s)",
+            [[sent["id"]], [msg_id], ["3EB0ABC"], [sent["created_at"]]],
+        ).fetchall()
+        assert archived == [(msg_id,)]
+        conn.execute("reset role")
+        assert conn.execute(
+            "select status::text, wa_message_id from messages where id = %s", [sent["id"]]
+        ).fetchone() == ("sent", "3EB0ABC")
+        assert conn.execute(
+            "select (select count(*) from pgmq.q_whatsapp_outbound where msg_id = %(m)s), "
+            "(select count(*) from pgmq.a_whatsapp_outbound where msg_id = %(m)s)",
+            {"m": msg_id},
+        ).fetchone() == (0, 1)
+        conn.execute("set local role wa_poller")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("create table public.sneaky (id int)")
+
+
+def test_wa_poller_has_no_privilege_on_anything_in_pgmq(conn):
+    """Finding 7: no table, column, sequence, schema or function privilege in pgmq, so the
+    poller can neither forge, drop, hide nor lock a job but through the project's functions."""
+    tables = rows(
+        conn,
+        "select c.oid::regclass::text, c.relkind from pg_class c "
+        "where c.relnamespace = 'pgmq'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'S')",
+    )
+    assert {"pgmq.q_whatsapp_outbound", "pgmq.a_whatsapp_outbound", "pgmq.meta"} <= {
+        name for name, _ in tables
+    }
+    granted = []
+    for table, kind in tables:
+        if kind == "S":
+            checks = [("has_sequence_privilege", p) for p in ("select", "usage", "update")]
+        else:
+            checks = [
+                ("has_table_privilege", p)
+                for p in (
+                    "select",
+                    "insert",
+                    "update",
+                    "delete",
+                    "truncate",
+                    "references",
+                    "trigger",
+                )
+            ] + [
+                ("has_any_column_privilege", p)
+                for p in ("select", "insert", "update", "references")
+            ]
+        for function, privilege in checks:
+            if conn.execute(
+                f"select {function}('wa_poller', %s, %s)", [table, privilege]
+            ).fetchone()[0]:
+                granted.append((table, function, privilege))
+    assert granted == []
+    assert conn.execute(
+        "select has_schema_privilege('wa_poller', 'pgmq', 'usage'), "
+        "has_schema_privilege('wa_poller', 'pgmq', 'create')"
+    ).fetchone() == (False, False)
+    assert (
+        rows(
+            conn,
+            "select p.oid::regprocedure::text from pg_proc p "
+            "where p.pronamespace = 'pgmq'::regnamespace "
+            "and has_function_privilege('wa_poller', p.oid, 'execute')",
+        )
+        == []
+    )
+
+
+def test_wa_poller_executes_exactly_the_queue_functions_in_private(conn):
+    executable = rows(
+        conn,
+        "select p.oid::regprocedure::text from pg_proc p "
+        "where p.pronamespace = 'private'::regnamespace "
+        "and has_function_privilege('wa_poller', p.oid, 'execute') order by 1",
+    )
+    assert sorted(r[0] for r in executable) == sorted(POLLER_FUNCTIONS + EVERYONE_FUNCTIONS)
 
 
 def test_api_roles_cannot_truncate(conn):
@@ -211,6 +326,7 @@ def test_the_api_roles_may_execute_only_the_known_private_functions(conn):
     )
     assert [r[0] for r in callable_] == [
         "is_admin",
+        "is_blank",
         "my_employee_group_ids",
         "my_group_jids",
         "send_message",

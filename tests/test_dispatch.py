@@ -590,3 +590,20 @@ def test_a_rate_limited_session_over_its_cap_never_flickers(conn, db_url, tmp_pa
 
 def finished_count(conn) -> int:
     return sum(v for k, v in status_counts(conn).items() if k in ("sent", "delivered", "read"))
+
+
+def test_the_poller_refuses_to_start_without_its_queue_functions(conn, db_url, tmp_path):
+    """The start-up check tests the signatures the poller calls and its right to execute them,
+    and names what is missing, instead of failing at the first retry."""
+    conn.execute(
+        "revoke execute on function private.outbound_retry(uuid, bigint, text, "
+        "double precision) from wa_poller"
+    )
+    conn.execute("drop function private.outbound_discard(bigint[])")
+    poller = Poller(db_url, tmp_path).start()
+    assert poller.proc is not None
+    assert poller.proc.wait(timeout=30) != 0
+    output = poller.output()
+    assert "private.outbound_retry(uuid, bigint, text, double precision)" in output, output
+    assert "private.outbound_discard(bigint[])" in output, output
+    assert "private.outbound_sent" not in output, output

@@ -8,7 +8,13 @@ import psycopg
 import pytest
 
 from poller.bootstrap import bootstrap
-from tests.conftest import POLLER_PASSWORD, server_url, start_and_wait, start_server
+from tests.conftest import (
+    POLLER_PASSWORD,
+    postgres_url,
+    start_and_wait,
+    start_server,
+    supabase_database,
+)
 from tests.poller_support import (
     Poller,
     enqueue,
@@ -73,8 +79,8 @@ def test_sigkill_five_times_loses_nothing_and_keeps_group_order(conn, db_url, tm
 def own_server():
     """A PostgreSQL of this test's own, since the test restarts it."""
     server = start_server()
-    url = server_url(server)
-    bootstrap(url, poller_password=POLLER_PASSWORD)
+    url = supabase_database(server, "wa_restart")
+    bootstrap(postgres_url(url), poller_password=POLLER_PASSWORD)
     yield server, url
     server.stop()
 

@@ -2,10 +2,10 @@
 -- on a private topic per group, `group:<jid>`, with a slim payload and never the content.
 --
 -- Events (both with the same payload, built by private.message_tick):
--- * `message_status`: a message was created (status `pending`) or its status changed. Exactly
---   one per change, whoever writes it (the RPC, the poller's functions, an admin in Studio).
---   The creation is broadcast too, so that the other members watching a group learn that a
---   message exists (they read its content through the API, under RLS).
+-- * `message_status`: a message's status changed. Exactly one per change, whoever writes it
+--   (the poller's functions, an admin in Studio). The creation is not broadcast: the sender has
+--   the row from send_message, and a broadcast there would cost a third of send_message's
+--   throughput (bench/send_message_throughput.py); the others see the message at `sending`.
 -- * `message_receipts`: its delivered or read count in the group changed. At most one per
 --   message per statement, however many receipts the statement recorded, and none when a
 --   statement changes no count (a receipt seen twice).
@@ -76,8 +76,6 @@ begin
 end
 $$;
 
-create trigger messages_broadcast_created after insert on public.messages
-  for each row execute function private.broadcast_message_status();
 create trigger messages_broadcast_status after update of status on public.messages
   for each row when (old.status is distinct from new.status)
   execute function private.broadcast_message_status();

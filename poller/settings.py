@@ -23,7 +23,8 @@ class Settings(BaseSettings):
 
     # Dispatch
     batch_size: int = Field(default=200, ge=1, le=10_000)
-    visibility_timeout: int = Field(default=30, ge=2, description="queue lease, seconds")
+    # Delays the database applies to a job are capped at an hour (private.retime_outbound).
+    visibility_timeout: int = Field(default=30, ge=2, le=3600, description="queue lease, seconds")
     poll_interval: float = Field(default=1.0, gt=0, description="fallback poll, seconds")
     max_inflight: int = Field(default=2000, ge=1, description="messages held in memory at once")
     session_inflight: int = Field(
@@ -33,9 +34,9 @@ class Settings(BaseSettings):
     # Failure policy
     max_attempts: int = Field(default=5, ge=1)
     retry_initial: float = Field(default=2.0, gt=0, description="first retry delay, seconds")
-    retry_max: float = Field(default=300.0, gt=0, description="retry delay cap, seconds")
+    retry_max: float = Field(default=300.0, gt=0, le=3600, description="retry delay cap, seconds")
     park_interval: float = Field(
-        default=5.0, gt=0, description="recheck of a message whose session is down, seconds"
+        default=5.0, gt=0, le=3600, description="recheck of a message whose session is down, s"
     )
     message_ttl: float = Field(default=86_400.0, gt=0, description="unsent → failed, seconds")
 

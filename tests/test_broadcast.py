@@ -290,6 +290,26 @@ def test_each_status_change_is_broadcast_once_with_a_slim_payload(conn, data):
     assert len({t["payload"]["id"] for t in seen}) == len(seen)
 
 
+def test_a_batch_status_change_is_one_insert_not_a_subtransaction_per_message(conn, data):
+    """The poller's claim changes up to a batch of messages in one statement: every one is
+    broadcast, in one INSERT (realtime.send's per-call error handling would open a
+    subtransaction, and use a transaction id, per message)."""
+    conn.execute("update send_limits set sender_per_minute = null, group_pending = null")
+    ids = [send_as(conn, "employee", data, G1, f"toplu {n}")["id"] for n in range(150)]
+    clear(conn)
+    before = conn.execute("select txid_current()").fetchone()[0]
+    as_poller(
+        conn, data, "update public.messages set status = 'sending' where id = any(%s)", [ids]
+    )
+    after = conn.execute("select txid_current()").fetchone()[0]
+    ticks = broadcasts(conn)
+    assert sorted(t["payload"]["message_id"] for t in ticks) == sorted(map(str, ids))
+    assert {t["payload"]["status"] for t in ticks} == {"sending"}
+    assert len({t["payload"]["id"] for t in ticks}) == 150
+    # This transaction's own id, the update's, and the second txid_current's: no more.
+    assert after - before <= 3, after - before
+
+
 def test_failure_and_give_back_are_broadcast(conn, data):
     clear(conn)
     row = send_as(conn, "employee", data, G1, "olmayacak")
@@ -397,13 +417,14 @@ def test_the_broadcast_functions_are_fixed_and_callable_by_nobody(conn):
         "or has_function_privilege('anon', p.oid, 'execute') "
         "or has_function_privilege('wa_poller', p.oid, 'execute') "
         "from pg_proc p where p.pronamespace = 'private'::regnamespace "
-        "and p.proname in ('message_tick', 'broadcast_message_status', 'broadcast_receipt_counts') "
+        "and p.proname in "
+        "('broadcast_ticks', 'broadcast_status_changes', 'broadcast_receipt_counts') "
         "order by 1"
     ).fetchall()
     assert [(name, definer) for name, definer, _, _ in funcs] == [
-        ("broadcast_message_status", True),
         ("broadcast_receipt_counts", True),
-        ("message_tick", False),
+        ("broadcast_status_changes", True),
+        ("broadcast_ticks", False),
     ]
     for name, _, config, callable_ in funcs:
         assert "search_path=pg_catalog, pg_temp" in config, name

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from tests.conftest import poller_url
 from tests.personas import G1, G2, G_UNASSIGNED, Seed, acting_as, send_as
 
 UNKNOWN = "120363999999999999@g.us"
@@ -492,6 +493,61 @@ def test_wa_poller_cannot_touch_the_queue_but_through_the_projects_functions(con
         ).fetchall()
         == before
     )
+
+
+def queued(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute(
+        "select q.msg_id, (q.message ->> 'message_id')::uuid, q.vt from pgmq.q_whatsapp_outbound q "
+        "order by q.msg_id"
+    ).fetchall()
+
+
+# Through its own functions the poller can still only do what a poller does: a job whose
+# message still waits is never archived, whatever ids it passes, and no delay exceeds an hour.
+MISUSED_TRANSITIONS = {
+    "sent with another message's id": "select private.outbound_sent("
+    "array[gen_random_uuid()], %(msg_ids)s, array['3EB0X'], array[now()])",
+    "failed with no message": "select private.outbound_fail('{}', %(msg_ids)s, '{}')",
+    "expired with no message": "select private.outbound_expire('{}', %(msg_ids)s, '{}')",
+    "discarded while waiting": "select private.outbound_discard(%(msg_ids)s)",
+}
+
+
+@pytest.mark.parametrize("statement", MISUSED_TRANSITIONS.values(), ids=MISUSED_TRANSITIONS.keys())
+def test_the_poller_cannot_archive_the_job_of_a_waiting_message(conn, data, statement):
+    send_as(conn, "employee", data, G1, "bekliyor")
+    before = queued(conn)
+    with acting_as(conn, "wa_poller", data, commit=True):
+        conn.execute(statement, {"msg_ids": [row[0] for row in before]})
+    assert queued(conn) == before
+    assert conn.execute("select count(*) from pgmq.a_whatsapp_outbound").fetchone()[0] == 0
+
+
+LONG_DELAYS = {
+    "extend": "select private.outbound_extend(%(msg_ids)s, 3.2e9)",
+    "give back": "select private.outbound_give_back('{}', %(msg_ids)s, 3.2e9)",
+    "retry": "select private.outbound_retry(%(id)s, %(msg_id)s, 'x', 3.2e9)",
+}
+
+
+@pytest.mark.parametrize("statement", LONG_DELAYS.values(), ids=LONG_DELAYS.keys())
+def test_no_transition_hides_a_job_for_more_than_an_hour(conn, data, statement):
+    row = send_as(conn, "employee", data, G1, "gizlenemez")
+    [(msg_id, _, _)] = queued(conn)
+    with acting_as(conn, "wa_poller", data, commit=True):
+        conn.execute(statement, {"msg_ids": [msg_id], "msg_id": msg_id, "id": row["id"]})
+    hidden_for = conn.execute(
+        "select extract(epoch from vt - clock_timestamp()) from pgmq.q_whatsapp_outbound"
+    ).fetchone()[0]
+    assert 3500 < hidden_for <= 3600
+
+
+def test_a_poller_connection_idle_in_a_transaction_is_ended(conn, data, db_url):
+    """arm_outbound_listener's SHARE lock lasts until its transaction ends: a poller
+    connection left idle inside one is ended after 10 s instead of stalling send_message."""
+    with psycopg.connect(poller_url(db_url)) as poller:
+        shown = poller.execute("show idle_in_transaction_session_timeout").fetchone()[0]
+    assert shown == "10s"
 
 
 # --- 8. Invisible content -------------------------------------------------------------------

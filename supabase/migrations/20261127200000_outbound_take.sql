@@ -167,8 +167,9 @@ begin
   ) l;
 
   with leased as (
+    -- pgmq 1.5.1's columns: on a newer pgmq, last_read_at stays null (nothing here reads it).
     update pgmq.q_whatsapp_outbound m
-    set vt = clock_timestamp() + make_interval(secs => p_vt),
+    set vt = clock_timestamp() + make_interval(secs => least(greatest(p_vt, 0), 3600)),
         read_ct = m.read_ct + 1
     where m.msg_id = any(v_locked) and m.vt <= clock_timestamp()
     returning m.msg_id, (m.message ->> 'message_id')::uuid as message_id
@@ -237,16 +238,27 @@ exception when lock_not_available then
 end
 $$;
 
+-- The lock above lasts until the caller's transaction ends, and holds back every send_message
+-- meanwhile. The poller arms in autocommit; a poller connection left idle inside a transaction
+-- (a bug) is ended after 10 s rather than stalling the senders.
+alter role wa_poller set idle_in_transaction_session_timeout = '10s';
+
 -- The transitions after a send. Each archives or re-times the job in the same transaction as
 -- the message's status, so one commits only with the other.
 
--- Moves finished jobs to the archive table, as pgmq.archive does (the audit trail of jobs).
+-- Moves jobs to the archive table, as pgmq.archive does (the audit trail of jobs), but only
+-- those with nothing left to do: their message row is gone or already final. A job whose
+-- message still waits stays, whatever the caller passes.
 create function private.archive_outbound(p_msg_ids bigint[]) returns setof bigint
 language sql volatile
 set search_path = pg_catalog, pg_temp
 as $$
   with moved as (
-    delete from pgmq.q_whatsapp_outbound q where q.msg_id = any(p_msg_ids)
+    delete from pgmq.q_whatsapp_outbound q
+    where q.msg_id = any(p_msg_ids)
+      and not exists (select 1 from public.messages m
+                      where m.id = (q.message ->> 'message_id')::uuid
+                        and m.status in ('pending', 'sending'))
     returning q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message, q.headers
   )
   insert into pgmq.a_whatsapp_outbound (msg_id, read_ct, enqueued_at, vt, message, headers)
@@ -254,14 +266,16 @@ as $$
   returning msg_id
 $$;
 
--- Makes jobs invisible until `p_delay` seconds from now (0: visible at once).
+-- Makes jobs invisible until `p_delay` seconds from now (0: visible at once). At most an hour:
+-- no delay the poller uses is longer (its settings are capped alike), so no caller can hide a
+-- job for longer than that.
 create function private.retime_outbound(p_msg_ids bigint[], p_delay double precision)
 returns setof bigint
 language sql volatile
 set search_path = pg_catalog, pg_temp
 as $$
   update pgmq.q_whatsapp_outbound q
-  set vt = clock_timestamp() + make_interval(secs => greatest(p_delay, 0))
+  set vt = clock_timestamp() + make_interval(secs => least(greatest(p_delay, 0), 3600))
   where q.msg_id = any(p_msg_ids)
   returning q.msg_id
 $$;
@@ -355,16 +369,10 @@ as $$
   select private.retime_outbound(p_msg_ids, p_seconds)
 $$;
 
--- Archives the jobs with nothing left to do: their message row is gone or already final. Jobs
--- whose message still waits are left alone, whatever the caller thinks.
+-- Archives the jobs with nothing left to do (see archive_outbound).
 create function private.outbound_discard(p_msg_ids bigint[]) returns setof bigint
 language sql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select private.archive_outbound(array(
-    select q.msg_id
-    from pgmq.q_whatsapp_outbound q
-    left join public.messages m on m.id = (q.message ->> 'message_id')::uuid
-    where q.msg_id = any(p_msg_ids)
-      and (m.id is null or m.status not in ('pending', 'sending'))))
+  select private.archive_outbound(p_msg_ids)
 $$;

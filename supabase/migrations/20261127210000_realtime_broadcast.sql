@@ -1,7 +1,7 @@
 -- Ticks through Realtime Broadcast: the database broadcasts each change a message's ticks show,
 -- on a private topic per group, `group:<jid>`, with a slim payload and never the content.
 --
--- Events (both with the same payload, built by private.message_tick):
+-- Events (both with the same payload, built by private.broadcast_ticks):
 -- * `message_status`: a message's status changed. Exactly one per change, whoever writes it
 --   (the poller's functions, an admin in Studio). The creation is not broadcast: the sender has
 --   the row from send_message, and a broadcast there would cost a third of send_message's
@@ -33,52 +33,86 @@ create table private.message_receipt_counts (
 alter table private.message_receipt_counts enable row level security;
 revoke all on private.message_receipt_counts from public;
 
--- The payload of a tick for message `m`. UTC, so that every writer's session gives the same text.
-create function private.message_tick(m public.messages) returns jsonb
-language sql stable
+-- Sends one tick per message of `p_ids`, as realtime.send would (a row in realtime.messages on
+-- the private topic `group:<jid>`, extension `broadcast`, the payload carrying its own `id`),
+-- but in one INSERT for the whole statement that changed them: realtime.send catches errors per
+-- call, which costs a subtransaction (and a transaction id) per message, and a poller's claim
+-- changes 200 messages at once. Like realtime.send, a failure to broadcast is only a warning:
+-- a tick must never undo a status. Payload: {message_id, group_jid, status, created_at,
+-- sent_at, delivered_at, read_at, delivered, read, participants, id}; UTC timestamps.
+create function private.broadcast_ticks(p_event text, p_ids uuid[]) returns void
+language plpgsql
 set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
 as $$
-  select pg_catalog.jsonb_build_object(
-    'message_id', m.id,
-    'group_jid', m.group_jid,
-    'status', m.status,
-    'created_at', m.created_at,
-    'sent_at', m.sent_at,
-    'delivered_at', m.delivered_at,
-    'read_at', m.read_at,
-    'delivered', c.delivered,
-    'read', c.read,
-    'participants', (
-      select case when pg_catalog.jsonb_typeof(g.participants) = 'array'
-                  then pg_catalog.jsonb_array_length(g.participants) else 0 end
-      from public.whatsapp_groups g where g.jid = m.group_jid))
+begin
+  insert into realtime.messages (id, topic, extension, event, payload, private)
+  select t.id, 'group:' || t.group_jid, 'broadcast', p_event,
+         t.tick || pg_catalog.jsonb_build_object('id', t.id), true
   from (
-    select pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
-             as delivered,
-           pg_catalog.count(*) filter (where r.read_at is not null) as read
-    from public.message_receipts r
-    where r.message_id = m.id
-  ) c
+    -- Not flattened (a volatile target): one id per message, in the row and its payload.
+    select pg_catalog.gen_random_uuid() as id, m.group_jid::text as group_jid,
+           pg_catalog.jsonb_build_object(
+             'message_id', m.id,
+             'group_jid', m.group_jid,
+             'status', m.status,
+             'created_at', m.created_at,
+             'sent_at', m.sent_at,
+             'delivered_at', m.delivered_at,
+             'read_at', m.read_at,
+             'delivered', coalesce(c.delivered, 0),
+             'read', coalesce(c.read, 0),
+             'participants', coalesce(g.participants, 0)) as tick
+    from public.messages m
+    -- Each group's participant list is read once per statement, not once per message.
+    left join (
+      select w.jid,
+             case when pg_catalog.jsonb_typeof(w.participants) = 'array'
+                  then pg_catalog.jsonb_array_length(w.participants) else 0 end as participants
+      from public.whatsapp_groups w
+      where w.jid in (select x.group_jid from public.messages x where x.id = any (p_ids))
+    ) g on g.jid = m.group_jid
+    left join (
+      select r.message_id,
+             pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
+               as delivered,
+             pg_catalog.count(*) filter (where r.read_at is not null) as read
+      from public.message_receipts r
+      where r.message_id = any (p_ids)
+      group by r.message_id
+    ) c on c.message_id = m.id
+    where m.id = any (p_ids)
+    order by m.id
+  ) t;
+exception when others then
+  raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+end
 $$;
 
--- SECURITY DEFINER: the writers (wa_poller, the RPC's owner) have no right on realtime.messages,
--- and realtime.send, which runs as its caller, would only WARN and send nothing.
-create function private.broadcast_message_status() returns trigger
+-- SECURITY DEFINER: the writers (wa_poller, the poller's functions) have no right on
+-- realtime.messages. A statement trigger (transition tables cannot go with a column list, so it
+-- compares the old and new status itself): one INSERT however many messages changed.
+create function private.broadcast_status_changes() returns trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_ids uuid[];
 begin
-  perform realtime.send(
-    private.message_tick(new), 'message_status', 'group:' || new.group_jid::text, true);
+  select pg_catalog.array_agg(n.id) into v_ids
+  from changed_new n join changed_old o on o.id = n.id
+  where o.status is distinct from n.status;
+  if v_ids is not null then
+    perform private.broadcast_ticks('message_status', v_ids);
+  end if;
   return null;
 end
 $$;
 
-create trigger messages_broadcast_status after update of status on public.messages
-  for each row when (old.status is distinct from new.status)
-  execute function private.broadcast_message_status();
+create trigger messages_broadcast_status after update on public.messages
+  referencing old table as changed_old new table as changed_new
+  for each statement execute function private.broadcast_status_changes();
 
 -- One broadcast per message whose counts this statement changed. The statement's messages are
 -- locked in id order (no deadlock between two writers), then counted afresh: in READ
@@ -90,7 +124,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_ids uuid[];
-  v_message public.messages;
+  v_moved uuid[];
 begin
   select pg_catalog.array_agg(distinct t.message_id order by t.message_id) into v_ids
   from changed_receipts t;
@@ -105,30 +139,26 @@ begin
   perform 1 from private.message_receipt_counts c
   where c.message_id = any (v_ids) order by c.message_id for update;
 
-  for v_message in
-    with counted as (
-      select r.message_id,
-             pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
-               as delivered,
-             pg_catalog.count(*) filter (where r.read_at is not null) as read
-      from public.message_receipts r
-      where r.message_id = any (v_ids)
-      group by r.message_id
-    ), moved as (
-      update private.message_receipt_counts c
-      set delivered = n.delivered, read = n.read
-      from counted n
-      where c.message_id = n.message_id
-        and (c.delivered, c.read) is distinct from (n.delivered::integer, n.read::integer)
-      returning c.message_id
-    )
-    select m.* from public.messages m join moved on moved.message_id = m.id
-    order by m.id
-  loop
-    perform realtime.send(
-      private.message_tick(v_message), 'message_receipts',
-      'group:' || v_message.group_jid::text, true);
-  end loop;
+  with counted as (
+    select r.message_id,
+           pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
+             as delivered,
+           pg_catalog.count(*) filter (where r.read_at is not null) as read
+    from public.message_receipts r
+    where r.message_id = any (v_ids)
+    group by r.message_id
+  ), moved as (
+    update private.message_receipt_counts c
+    set delivered = n.delivered, read = n.read
+    from counted n
+    where c.message_id = n.message_id
+      and (c.delivered, c.read) is distinct from (n.delivered::integer, n.read::integer)
+    returning c.message_id
+  )
+  select pg_catalog.array_agg(moved.message_id) into v_moved from moved;
+  if v_moved is not null then
+    perform private.broadcast_ticks('message_receipts', v_moved);
+  end if;
   return null;
 end
 $$;

@@ -313,35 +313,40 @@ begin
 end
 $$;
 
--- A send that failed for good: `failed` with the error (the attempt is counted), job archived.
-create function private.outbound_fail(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
-returns setof bigint
-language plpgsql volatile security definer
+-- `failed` with each message's error, and the jobs archived; `p_attempted`: a send was tried.
+create function private.fail_outbound(
+  p_ids uuid[], p_msg_ids bigint[], p_errors text[], p_attempted boolean
+) returns setof bigint
+language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 begin
   update public.messages m
-  set status = 'failed', error_log = f.error, attempts = m.attempts + 1
+  set status = 'failed', error_log = f.error,
+      attempts = m.attempts + case when p_attempted then 1 else 0 end
   from unnest(p_ids, p_errors) as f(id, error)
   where m.id = f.id and m.status in ('pending', 'sending');
   return query select private.archive_outbound(p_msg_ids);
 end
 $$;
 
--- Messages that will not be sent, without a send being tried (expired, or their group closed):
--- `failed` with the reason, no attempt counted, job archived.
-create function private.outbound_expire(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
+-- A send that failed for good (the attempt is counted).
+create function private.outbound_fail(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
 returns setof bigint
-language plpgsql volatile security definer
+language sql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-begin
-  update public.messages m
-  set status = 'failed', error_log = f.error
-  from unnest(p_ids, p_errors) as f(id, error)
-  where m.id = f.id and m.status in ('pending', 'sending');
-  return query select private.archive_outbound(p_msg_ids);
-end
+  select private.fail_outbound(p_ids, p_msg_ids, p_errors, true)
+$$;
+
+-- Messages that will not be sent, failed without a send being tried (expired, or their group
+-- closed): no attempt counted.
+create function private.outbound_expire(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
+returns setof bigint
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select private.fail_outbound(p_ids, p_msg_ids, p_errors, false)
 $$;
 
 -- Gives jobs back without counting an attempt (session down, a retry or a shutdown ahead of

@@ -33,6 +33,20 @@ create table private.message_receipt_counts (
 alter table private.message_receipt_counts enable row level security;
 revoke all on private.message_receipt_counts from public;
 
+-- The delivered and read counts of messages in their group (a read counts as delivered too).
+create function private.receipt_counts(p_ids uuid[])
+returns table (message_id uuid, delivered integer, read integer)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.message_id,
+         pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)::integer,
+         pg_catalog.count(*) filter (where r.read_at is not null)::integer
+  from public.message_receipts r
+  where r.message_id = any (p_ids)
+  group by r.message_id
+$$;
+
 -- Sends one tick per message of `p_ids`, as realtime.send would (a row in realtime.messages on
 -- the private topic `group:<jid>`, extension `broadcast`, the payload carrying its own `id`),
 -- but in one INSERT for the whole statement that changed them: realtime.send catches errors per
@@ -72,15 +86,7 @@ begin
       from public.whatsapp_groups w
       where w.jid in (select x.group_jid from public.messages x where x.id = any (p_ids))
     ) g on g.jid = m.group_jid
-    left join (
-      select r.message_id,
-             pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
-               as delivered,
-             pg_catalog.count(*) filter (where r.read_at is not null) as read
-      from public.message_receipts r
-      where r.message_id = any (p_ids)
-      group by r.message_id
-    ) c on c.message_id = m.id
+    left join private.receipt_counts(p_ids) c on c.message_id = m.id
     where m.id = any (p_ids)
     order by m.id
   ) t;
@@ -139,20 +145,12 @@ begin
   perform 1 from private.message_receipt_counts c
   where c.message_id = any (v_ids) order by c.message_id for update;
 
-  with counted as (
-    select r.message_id,
-           pg_catalog.count(*) filter (where r.delivered_at is not null or r.read_at is not null)
-             as delivered,
-           pg_catalog.count(*) filter (where r.read_at is not null) as read
-    from public.message_receipts r
-    where r.message_id = any (v_ids)
-    group by r.message_id
-  ), moved as (
+  with moved as (
     update private.message_receipt_counts c
     set delivered = n.delivered, read = n.read
-    from counted n
+    from private.receipt_counts(v_ids) n
     where c.message_id = n.message_id
-      and (c.delivered, c.read) is distinct from (n.delivered::integer, n.read::integer)
+      and (c.delivered, c.read) is distinct from (n.delivered, n.read)
     returning c.message_id
   )
   select pg_catalog.array_agg(moved.message_id) into v_moved from moved;

@@ -58,17 +58,19 @@ def test_sigkill_five_times_loses_nothing_and_keeps_group_order(conn, db_url, tm
     sends = poller.sends()
     assert len({s["message_id"] for s in sends}) == 2000
     assert first_send_order(sends) == queue_order(conn)
-    # A duplicate is a message that WhatsApp accepted just before a kill, before its status was
-    # written: its first send lies within a moment of one of the kills.
+    # A duplicate is a message that WhatsApp accepted before a kill, before its status was
+    # written: a kill lies between its first send and the next. (How close to the kill the first
+    # send was depends on the machine's load, not on the poller: not asserted.)
     first: dict[str, float] = {}
-    duplicates = set()
+    again: dict[str, float] = {}
     for entry in sends:
         if entry["message_id"] in first:
-            duplicates.add(entry["message_id"])
+            again.setdefault(entry["message_id"], entry["t"])
         else:
             first[entry["message_id"]] = entry["t"]
+    duplicates = set(again)
     for message_id in duplicates:
-        assert any(0 <= kill - first[message_id] < 1.0 for kill in kills), message_id
+        assert any(first[message_id] <= kill <= again[message_id] for kill in kills), message_id
     print(
         f"\nSIGKILL x5 during 2000 messages: {len(sends) - 2000} duplicate send(s) "
         f"({len(duplicates)} message(s)), 0 lost"

@@ -260,7 +260,7 @@ class Dispatcher:
                     await self._release(self._take_all(queue), delay=0.0)
                     continue
                 if not self.sessions.is_connected(job.session_id):
-                    await self._park_jobs(self._take_all(queue))
+                    await self._set_aside(queue)
                     continue
                 if time.monotonic() > job.leased_until - LEASE_MARGIN:
                     # Our lease may have lapsed (the database was out of reach): another poller
@@ -271,10 +271,13 @@ class Dispatcher:
                     )
                     await self._release(self._take_all(queue), delay=0.0)
                     continue
-                limiter = self.sessions.limiters[job.session_id]
-                if not await limiter.acquire(self._stop):
+                if not await self.sessions.limiters[job.session_id].acquire(self._stop):
                     continue
-                client = self.sessions.clients[job.session_id]
+                # The pacing wait can be long: the session may have dropped or changed hands.
+                client = self.sessions.connected_client(job.session_id)
+                if client is None:
+                    await self._set_aside(queue)
+                    continue
                 try:
                     result = await client.send_text(jid, job.content, job.message_id)
                 except NotConnected:
@@ -306,6 +309,14 @@ class Dispatcher:
             del self._queues[jid]
             del self._lanes[jid]
             self.wake.set()
+
+    async def _set_aside(self, queue: deque[Job]) -> None:
+        """A lane whose session is not sending: parked while this poller holds the session
+        (it may reconnect), handed back at once when it does not (its new holder sends)."""
+        if self.sessions.holds(queue[0].session_id):
+            await self._park_jobs(self._take_all(queue))
+        else:
+            await self._release(self._take_all(queue), delay=0.0)
 
     @staticmethod
     def _take_all(queue: deque[Job]) -> list[Job]:

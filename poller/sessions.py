@@ -58,8 +58,15 @@ class SessionManager:
         return [sid for sid, client in self.clients.items() if client.connected]
 
     def is_connected(self, session_id: uuid.UUID | None) -> bool:
+        return self.connected_client(session_id) is not None
+
+    def holds(self, session_id: uuid.UUID | None) -> bool:
+        return session_id is not None and session_id in self.clients
+
+    def connected_client(self, session_id: uuid.UUID | None) -> SessionClient | None:
+        """The session's client if this poller holds the session and it is connected now."""
         client = self.clients.get(session_id) if session_id else None
-        return client is not None and client.connected
+        return client if client is not None and client.connected else None
 
     # EventSink
     def connection_changed(
@@ -159,6 +166,7 @@ class SessionManager:
 
     async def _drop(self, session_id: uuid.UUID) -> None:
         self._ended.pop(session_id, None)
+        self.limiters.pop(session_id, None)
         client = self.clients.pop(session_id, None)
         if client is not None:
             await client.stop()

@@ -607,3 +607,39 @@ def test_the_poller_refuses_to_start_without_its_queue_functions(conn, db_url, t
     assert "private.outbound_retry(uuid, bigint, text, double precision)" in output, output
     assert "private.outbound_discard(bigint[])" in output, output
     assert "private.outbound_sent" not in output, output
+
+
+def test_a_session_taken_over_during_a_pacing_wait_hands_its_lane_back_at_once(
+    conn, db_url, tmp_path
+):
+    """The lane waits for the session's pacing; meanwhile another poller takes the session. The
+    lane must hand its messages back at once for the new holder, not fail on the client that
+    is gone and leave them to the visibility timeout."""
+    team = make_team(conn, groups=1)
+    [jid] = team.groups
+    enqueue(conn, [jid], per_group=5)
+    # One send every 10 s: the lane is waiting in the pacer right after its first send.
+    poller = Poller(db_url, tmp_path, rate_per_minute=6, visibility_timeout=60).start()
+    try:
+        wait_until(lambda: len(poller.sends()) == 1, 20, "the first send")
+        conn.execute(
+            "update whatsapp_sessions set lease_owner = 'another-poller', "
+            "lease_expires_at = now() + interval '1 hour'"
+        )
+        wait_until(lambda: "lease lost to another poller" in poller.output(), 10, "the drop")
+
+        def handed_back() -> bool:
+            return (
+                conn.execute(
+                    "select count(*) from pgmq.q_whatsapp_outbound q "
+                    "join messages m on m.id = (q.message ->> 'message_id')::uuid "
+                    "where q.vt <= clock_timestamp() and m.status = 'pending'"
+                ).fetchone()[0]
+                == 4
+            )
+
+        wait_until(handed_back, 15, "the lane's four messages to be handed back, visible")
+    finally:
+        assert poller.terminate() == 0, poller.output()[-3000:]
+    assert len(poller.sends()) == 1
+    assert "lane for" not in poller.output(), poller.output()[-3000:]

@@ -70,3 +70,25 @@ def test_group_sync_bench_prints_json(pg_server):
     )
     assert report["groups"] == 20
     assert report["first_sync_s"] > 0 and report["resync_s"] > 0
+
+
+def test_backlog_reads_bench_prints_json(pg_server):
+    report = run_bench(
+        pg_server,
+        "backlog_reads.py",
+        "--shapes",
+        "10x20,2x100,20x20",
+        "--batch",
+        "50",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+    )
+    assert [b["shape"] for b in report["backlogs"]] == ["10x20", "2x100", "20x20"]
+    for backlog in report["backlogs"]:
+        assert backlog["take_ms"] > 0 and backlog["pgmq_read_ms"] > 0
+        assert backlog["take_stale_plan_ms"] > 0 and backlog["take_over_read"] > 0
+        assert backlog["take_rows"] == backlog["take_claimed"] == backlog["read_rows"] == 50
+    assert report["summary"]["smallest"] == "10x20"
+    assert set(report["summary"]["largest_take_over_smallest"]) == {"20x20"}

@@ -24,26 +24,54 @@ FUNCTIONS = {
     "a batch never has two messages of one group)",
     "read": "no grouping: a later message can be read while an earlier one of its group is in "
     "flight or waiting for a retry (FIFO does not hold)",
-    "take_outbound": "the poller's read: read_grouped_rr's rule in static SQL (plans cached), "
-    "then the claim of the messages read, in one call (FIFO holds)",
+    "take_outbound": "the poller's read: read_grouped_rr's rule from each of its groups' head "
+    "(the group index, plans cached), then the claim of the messages read, in one call "
+    "(FIFO holds)",
 }
 
 
-def fill(conn: psycopg.Connection, messages: int, groups: int) -> None:
-    conn.execute("delete from pgmq.q_whatsapp_outbound")
+SESSION = "00000000-0000-4000-8000-0000000be5e5"
+_JID = "'1203630000' || lpad((i %% %s)::text, 8, '0') || '@g.us'"
+
+
+def prepare(conn: psycopg.Connection, groups: int) -> None:
+    """One connected session held by the bench's poller id, and its groups: take_outbound
+    reads only the groups of the sessions its caller holds and has connected."""
     conn.execute(
+        "insert into whatsapp_sessions (id, status, lease_owner, lease_expires_at) "
+        "values (%s, 'connected', 'bench', now() + interval '1 day')",
+        [SESSION],
+    )
+    conn.execute(
+        f"insert into whatsapp_groups (jid, name, session_id) "
+        f"select {_JID}, 'G' || i, %s from generate_series(0, %s - 1) i",
+        [groups, SESSION, groups],
+    )
+
+
+def fill(conn: psycopg.Connection, messages: int, groups: int) -> None:
+    """The backlog: messages rows (take_outbound claims them) and their queue rows."""
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    conn.execute("delete from messages")
+    conn.execute(
+        "with m as ("
+        f"  insert into messages (group_jid, content) select {_JID}, 'm' || i "
+        "  from generate_series(1, %s) i returning id, group_jid) "
         "insert into pgmq.q_whatsapp_outbound (vt, message, headers) "
-        "select clock_timestamp(), jsonb_build_object('message_id', gen_random_uuid()), "
-        "jsonb_build_object('x-pgmq-group', '1203630000' || lpad((i %% %s)::text, 8, '0') "
-        "|| '@g.us') from generate_series(1, %s) i",
+        "select clock_timestamp(), jsonb_build_object('message_id', m.id), "
+        "jsonb_build_object('x-pgmq-group', m.group_jid) from m",
         [groups, messages],
     )
     conn.execute("vacuum analyze pgmq.q_whatsapp_outbound")
+    conn.execute("vacuum analyze messages")
 
 
 def read_sql(function: str) -> str:
-    if function == "take_outbound":  # as a poller holding no session: claims nothing
-        return "select msg_id from private.take_outbound('bench', '{}', '{}', '{}', 30, %s, 86400)"
+    if function == "take_outbound":  # as the poller holding the session, with room for all
+        return (
+            f"select msg_id from private.take_outbound('bench', '{{{SESSION}}}', '{{1000000}}', "
+            "'{}', 30, %s, 86400)"
+        )
     return f"select msg_id from pgmq.{function}('whatsapp_outbound', 30, %s)"
 
 
@@ -72,6 +100,7 @@ def main() -> None:
         bench_database("wa_reads") as database,
         psycopg.connect(database.url, autocommit=True) as conn,
     ):
+        prepare(conn, args.groups)
         for _ in range(args.runs):
             for function in FUNCTIONS:  # the same backlog for each, in one run
                 fill(conn, args.messages, args.groups)

@@ -17,9 +17,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
@@ -28,7 +27,6 @@ from poller.errors import ConfigError
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
-from poller.tasks import background
 from poller.transports.base import (
     NotConnected,
     PermanentSendError,
@@ -51,7 +49,6 @@ QUEUE_FUNCTIONS = (
     "private.outbound_discard(bigint[])",
     "private.arm_outbound_listener()",
 )
-FINAL_STATUSES = {"sent", "delivered", "read", "failed"}
 # The listener cannot be armed while the queue table is being written (an insert mid-commit, a
 # status write, a vacuum): look again soon, backing off while that lasts.
 ARM_RETRY = 0.001
@@ -98,7 +95,6 @@ class Dispatcher:
         self._inflight: dict[int, Job] = {}
         self._queues: dict[str, deque[Job]] = {}
         self._lanes: dict[str, asyncio.Task[None]] = {}
-        self._parked: defaultdict[uuid.UUID | None, set[int]] = defaultdict(set)
         self._sent: list[tuple[Job, SendResult]] = []
         self._flush_wake = asyncio.Event()
         self._flush_busy = False
@@ -106,7 +102,7 @@ class Dispatcher:
         self._backoff = wait_exponential_jitter(
             multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
         )
-        sessions.on_connected(self._unpark)
+        sessions.on_connected(self._session_connected)
 
     async def check_queue_functions(self) -> None:
         rows = await self.db.fetch("outbound_functions", {"signatures": list(QUEUE_FUNCTIONS)})
@@ -183,70 +179,28 @@ class Dispatcher:
             armed = False  # a notification cleared the flag, or the wait was long
 
     async def _admit(self, rows: list[Row], read_at: float) -> int:
-        """Route a claimed batch; returns how many of the messages were this poller's."""
-        now = datetime.now(UTC)
-        ttl = timedelta(seconds=self.settings.message_ttl)
-        archive: list[int] = []
-        failed: list[tuple[Row, str]] = []
-        park: defaultdict[uuid.UUID | None, list[Row]] = defaultdict(list)
-        elsewhere: list[int] = []
+        """Hand the jobs the take returned to their lanes; returns how many were new. The take
+        has settled in the database whatever could not go (archived, failed or handed back)."""
+        new = 0
         for row in rows:
             if row["msg_id"] in self._inflight:
                 continue  # ours already; the read only renewed its lease
-            if row["claimed"]:
-                job = Job(
-                    row["msg_id"],
-                    row["message_id"],
-                    row["group_jid"],
-                    row["session_id"],
-                    row["content"],
-                    row["attempts"],
-                    leased_until=read_at + self.settings.visibility_timeout,
-                )
-                self._inflight[job.msg_id] = job
-                self._queues.setdefault(job.group_jid, deque()).append(job)
-            elif (row["held_elsewhere"] or row["behind"]) and row["status"] in (
-                "pending",
-                "sending",
-            ):
-                elsewhere.append(row["msg_id"])
-            elif row["status"] is None:
-                log.warning(
-                    "queue message %s: message %s does not exist; archived",
-                    row["msg_id"],
-                    row["message_id"],
-                )
-                archive.append(row["msg_id"])
-            elif row["status"] in FINAL_STATUSES:
-                archive.append(row["msg_id"])
-            elif row["created_at"] < now - ttl:
-                failed.append(
-                    (
-                        row,
-                        f"expired: not sent within {self.settings.message_ttl:g} s "
-                        "(its WhatsApp session was not connected)",
-                    )
-                )
-            elif not row["is_active"]:
-                failed.append((row, "group is inactive: the WhatsApp account left it"))
-            elif row["is_readonly"]:
-                failed.append((row, f"group is read-only: {row['readonly_reason']}"))
-            else:
-                park[row["session_id"]].append(row)
-        if elsewhere:  # another poller's, or behind an earlier message: give them back at once
-            await self.db.fetch("release", {"ids": [], "msg_ids": elsewhere, "delay": 0.0})
-        if archive:
-            await self.db.fetch("discard", {"msg_ids": archive})
-        if failed:
-            await self._record_failed(
-                [(r["message_id"], r["msg_id"], e) for r, e in failed], attempted=False
+            job = Job(
+                row["msg_id"],
+                row["message_id"],
+                row["group_jid"],
+                row["session_id"],
+                row["content"],
+                row["attempts"],
+                leased_until=read_at + self.settings.visibility_timeout,
             )
-        for session_id, parked_rows in park.items():
-            await self._park(session_id, [(r["message_id"], r["msg_id"]) for r in parked_rows])
+            self._inflight[job.msg_id] = job
+            self._queues.setdefault(job.group_jid, deque()).append(job)
+            new += 1
         for jid in list(self._queues):
             if jid not in self._lanes:
                 self._lanes[jid] = asyncio.create_task(self._lane(jid), name=f"lane-{jid}")
-        return len(rows) - len(elsewhere)
+        return new
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -431,37 +385,15 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     async def _park_jobs(self, jobs: list[Job]) -> None:
-        """Jobs taken from a lane whose session went down: parked like unclaimed messages."""
+        """Jobs of a lane whose session went down: back to the queue at once, where the take
+        leaves them until the session connects again (no attempt counted)."""
         if not jobs:
             return
-        await self._park(jobs[0].session_id, [(j.message_id, j.msg_id) for j in jobs])
-        for job in jobs:
-            self._inflight.pop(job.msg_id, None)
+        await self._release(jobs, delay=0.0)
+        self.stats.parked += len(jobs)
 
-    async def _park(self, session_id: uuid.UUID | None, items: list[tuple[uuid.UUID, int]]) -> None:
-        """Messages whose session is not connected wait (no attempt counted) and are looked at
-        again every park_interval, or at once when the session connects."""
-        await self.db.fetch(
-            "release",
-            {
-                "ids": [i[0] for i in items],
-                "msg_ids": [i[1] for i in items],
-                "delay": self.settings.park_interval,
-            },
-        )
-        self._parked[session_id].update(i[1] for i in items)
-        self.stats.parked += len(items)
-        self._wake_after(self.settings.park_interval)
-
-    def _unpark(self, session_id: uuid.UUID) -> None:
-        msg_ids = self._parked.pop(session_id, set())
-        if msg_ids:
-            background(self._make_visible(sorted(msg_ids)), f"unpark-{session_id}")
-        self.wake.set()
-
-    async def _make_visible(self, msg_ids: list[int]) -> None:
-        await self.db.fetch("release", {"ids": [], "msg_ids": msg_ids, "delay": 0.0})
-        self.wake.set()
+    def _session_connected(self, session_id: uuid.UUID) -> None:
+        self.wake.set()  # its messages are read from now on
 
     async def _lease_loop(self) -> None:
         """Keep what is held in memory invisible to others for as long as it is held."""

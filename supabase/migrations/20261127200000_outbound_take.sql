@@ -5,19 +5,28 @@
 -- round trip with plans cached by plpgsql (pgmq's read functions plan their SQL at every call),
 -- and the wake-up costs the producers nothing while the poller is busy.
 
--- A queue message read, with what sending it needs and whether it was claimed.
-create type private.outbound_claim as (
-  msg_id bigint, message_id uuid, group_jid text, content text, status text, attempts integer,
-  created_at timestamptz, session_id uuid, is_active boolean, is_readonly boolean,
-  readonly_reason text, held_elsewhere boolean, behind boolean, claimed boolean
+-- A job to send now: what the poller's lane needs, nothing to decode.
+create type private.outbound_job as (
+  msg_id bigint, message_id uuid, group_jid text, session_id uuid, content text, attempts integer
 );
 
--- Loads what sending needs for a batch of queue messages and marks `sending` the messages that
--- can go now: their session is held by the calling poller and connected, the group is open,
--- they have not expired, and no earlier message of their group is queued outside what the
--- caller holds (`p_held`) or this batch.
--- `held_elsewhere`: the session is held by another live poller, which will send it.
--- `behind`: an earlier message of the group is still queued elsewhere; it must go first.
+-- The group key, indexed with the queue order: the read walks each group from its head, so it
+-- costs what the batch and the caller's groups cost, not what the queue holds.
+create index q_whatsapp_outbound_group_idx
+  on pgmq.q_whatsapp_outbound ((headers ->> 'x-pgmq-group'), msg_id);
+
+-- A leased job and what becomes of it: `send`, `done` (archive), `fail` (with `error`), `back`.
+create type private.outbound_settling as (
+  msg_id bigint, message_id uuid, group_jid text, session_id uuid, content text,
+  attempts integer, outcome text, error text
+);
+
+-- Settles a batch of leased jobs: marks `sending` and returns those that can go now, and, in the
+-- same transaction, finishes the others. Archived: jobs whose message is gone or already final.
+-- Failed without an attempt: messages past the TTL, or of an inactive or read-only group.
+-- Visible again at once: jobs behind an earlier message of their group that is still queued
+-- outside what the caller holds (`p_held`) or this batch (it must go first), and jobs whose
+-- session the caller no longer holds.
 create function private.claim_outbound(
   p_msg_ids bigint[],
   p_message_ids uuid[],
@@ -25,81 +34,108 @@ create function private.claim_outbound(
   p_me text,
   p_held bigint[],
   p_ttl double precision
-) returns setof private.outbound_claim
+) returns setof private.outbound_job
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_groups text[];
   v_earliest bigint[];
+  v_batch private.outbound_settling[];
+  v_done bigint[];
+  v_fail_ids uuid[];
+  v_fail_msg_ids bigint[];
+  v_fail_errors text[];
+  v_back bigint[];
 begin
   -- The earliest message of each of the batch's groups that is neither in the batch nor held
-  -- by the caller. Planned at each call (EXECUTE), so that the two arrays are constants the
-  -- planner can hash: a cached plan would compare every queue row with every held message.
-  execute $query$
-    select coalesce(array_agg(e.group_jid), '{}'), coalesce(array_agg(e.msg_id), '{}')
-    from (
-      select q.headers ->> 'x-pgmq-group' as group_jid, min(q.msg_id) as msg_id
-      from pgmq.q_whatsapp_outbound q
-      where q.headers ->> 'x-pgmq-group' in (
-              select b.headers ->> 'x-pgmq-group' from pgmq.q_whatsapp_outbound b
-              where b.msg_id = any($1))
-        and q.msg_id <> all($1)
-        and q.msg_id <> all($2)
-      group by 1
-    ) e
-  $query$
+  -- by the caller, through the group index.
+  select coalesce(array_agg(e.group_jid), '{}'), coalesce(array_agg(e.msg_id), '{}')
   into v_groups, v_earliest
-  using p_msg_ids, p_held;
+  from (select distinct b.headers ->> 'x-pgmq-group' as group_jid
+        from pgmq.q_whatsapp_outbound b where b.msg_id = any(p_msg_ids)) bg
+  cross join lateral (
+    select bg.group_jid, q.msg_id
+    from pgmq.q_whatsapp_outbound q
+    where (q.headers ->> 'x-pgmq-group') = bg.group_jid
+      and q.msg_id <> all(p_msg_ids) and q.msg_id <> all(p_held)
+    order by q.msg_id
+    limit 1
+  ) e;
+
+  -- In a variable, not a temporary table: a caller's own pg_temp must play no part here.
+  select coalesce(array_agg(row(
+         b.msg_id, b.message_id, m.group_jid::text, g.session_id, m.content, m.attempts,
+         case
+           when m.id is null or m.status not in ('pending', 'sending') then 'done'
+           when coalesce(e.msg_id < b.msg_id, false) then 'back'
+           when not (g.session_id = any(p_sessions) and s.lease_owner = p_me
+                     and s.lease_expires_at > now()) then 'back'
+           when m.created_at <= now() - make_interval(secs => p_ttl) then 'fail'
+           when not g.is_active then 'fail'
+           when g.is_readonly then 'fail'
+           else 'send'
+         end,
+         case
+           when m.created_at <= now() - make_interval(secs => p_ttl) then
+             format('expired: not sent within %s s (its WhatsApp session was not connected)',
+                    p_ttl)
+           when not g.is_active then 'group is inactive: the WhatsApp account left it'
+           when g.is_readonly then format('group is read-only: %s', g.readonly_reason)
+         end)::private.outbound_settling), '{}')
+  into v_batch
+  from unnest(p_msg_ids, p_message_ids) as b(msg_id, message_id)
+  left join public.messages m on m.id = b.message_id
+  left join public.whatsapp_groups g on g.jid = m.group_jid
+  left join public.whatsapp_sessions s on s.id = g.session_id
+  left join unnest(v_groups, v_earliest) as e(group_jid, msg_id) on e.group_jid = m.group_jid;
+
+  select array_agg(b.msg_id) filter (where b.outcome = 'done'),
+         array_agg(b.message_id) filter (where b.outcome = 'fail'),
+         array_agg(b.msg_id) filter (where b.outcome = 'fail'),
+         array_agg(b.error) filter (where b.outcome = 'fail'),
+         array_agg(b.msg_id) filter (where b.outcome = 'back')
+  into v_done, v_fail_ids, v_fail_msg_ids, v_fail_errors, v_back
+  from unnest(v_batch) b;
+  if v_done is not null then
+    perform private.archive_outbound(v_done);
+  end if;
+  if v_fail_ids is not null then
+    perform private.fail_outbound(v_fail_ids, v_fail_msg_ids, v_fail_errors, false);
+  end if;
+  if v_back is not null then
+    perform private.retime_outbound(v_back, 0);
+  end if;
 
   return query
-  with batch as (
-    select * from unnest(p_msg_ids, p_message_ids) as b(msg_id, message_id)
-  ), found as (
-    select b.msg_id, b.message_id, m.group_jid::text, m.content::text, m.status::text as status,
-           m.attempts::integer,
-           m.created_at, g.session_id, g.is_active, g.is_readonly, g.readonly_reason::text,
-           coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false) as held_elsewhere
-    from batch b
-    left join public.messages m on m.id = b.message_id
-    left join public.whatsapp_groups g on g.jid = m.group_jid
-    left join public.whatsapp_sessions s on s.id = g.session_id
-  ), checked as (
-    select f.*, coalesce(e.msg_id < f.msg_id, false) as behind
-    from found f
-    left join unnest(v_groups, v_earliest) as e(group_jid, msg_id) on e.group_jid = f.group_jid
-  ), claimed as (
+  with claimed as (
     update public.messages m
     set status = 'sending'
-    from checked f
-    where m.id = f.message_id
-      and f.status in ('pending', 'sending')
-      and f.session_id = any(p_sessions)
-      and not f.held_elsewhere and not f.behind
-      and f.is_active and not f.is_readonly
-      and f.created_at > now() - make_interval(secs => p_ttl)
+    from unnest(v_batch) b
+    where m.id = b.message_id and b.outcome = 'send' and m.status in ('pending', 'sending')
     returning m.id
   )
-  select f.msg_id, f.message_id, f.group_jid, f.content, f.status, f.attempts, f.created_at,
-         f.session_id, f.is_active, f.is_readonly, f.readonly_reason, f.held_elsewhere, f.behind,
-         f.message_id in (select c.id from claimed c)
-  from checked f
-  order by f.msg_id;
+  select b.msg_id, b.message_id, b.group_jid, b.session_id, b.content, b.attempts
+  from unnest(v_batch) b
+  where b.message_id in (select c.id from claimed c)
+  order by b.msg_id;
 end
 $$;
 
--- Per-group FIFO read, then the claim. The read keeps read_grouped_rr's rule (a group is offered
--- only while its oldest message is visible; round robin across groups, then in order within
--- each) and skips the groups whose session another live poller holds, so pollers do not read
--- and hand back each other's messages. It takes no more of a session's messages than the
--- caller has room for (`p_rooms`, aligned with `p_sessions`), so none is read only to be handed
--- back. Unlike read_grouped_rr it takes no advisory lock per group: the planner would take one
--- for every group in the queue (filling the lock table with a large backlog) and a concurrent
--- read would make it skip groups it should offer. Two reads of one group at once are rare (each
--- session has one poller) and safe: SKIP LOCKED and the claim's `behind` check hand back
--- anything that would overtake an earlier message.
--- The claim is a statement of its own: it takes a newer snapshot, which sees the message row of
--- every queue row the read took (they commit together).
+-- The poller's read: up to `p_qty` jobs to send now, per-group FIFO, from the groups of the
+-- sessions the caller holds and has connected (`p_sessions`, with `p_rooms`: how many more of
+-- each session's messages it has room for). Messages of other pollers' sessions, of sessions
+-- that are down and of groups without a session are not read at all: they wait in the queue
+-- until their session is sending, or until expire_outbound fails them.
+-- The order is pgmq read_grouped_rr's: a group is offered only while its oldest message is
+-- visible; round robin across groups, then in order within each. Its cost follows the caller's
+-- groups and the batch, not the backlog: one probe of the group index for each group's head,
+-- then, from the groups whose head is visible, at most an even share of the batch each (a lone
+-- busy group gives the whole batch; a batch may come out short when shares go unused, and the
+-- next read takes the rest). No advisory lock per group: a session's groups are read by one
+-- poller, and SKIP LOCKED with the claim's `behind` check hand back anything that would
+-- overtake an earlier message. The claim is a statement of its own: it takes a newer snapshot,
+-- which sees the message row of every queue row the read took (they commit together).
 create function private.take_outbound(
   p_me text,
   p_sessions uuid[],
@@ -108,52 +144,71 @@ create function private.take_outbound(
   p_vt integer,
   p_qty integer,
   p_ttl double precision
-) returns setof private.outbound_claim
+) returns setof private.outbound_job
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_jids text[];
+  v_session_ids uuid[];
+  v_rooms integer[];
+  v_heads bigint[];
+  v_share integer;
   v_picked bigint[];
   v_locked bigint[];
   v_msg_ids bigint[];
   v_message_ids uuid[];
 begin
-  -- Each statement scans the queue at most once whatever its plan: the plans are cached, and
-  -- one made while the queue was small must not turn into nested loops over a large backlog.
-  select coalesce(array_agg(p.msg_id order by p.rank_in_group, p.head_msg_id), '{}')
+  perform private.expire_outbound(p_ttl);
+
+  select coalesce(array_agg(h.jid order by h.head), '{}'), coalesce(array_agg(h.session_id order by h.head), '{}'),
+         coalesce(array_agg(h.room order by h.head), '{}'), coalesce(array_agg(h.head order by h.head), '{}')
+  into v_jids, v_session_ids, v_rooms, v_heads
+  from (
+    select g.jid::text as jid, g.session_id, r.room, head.msg_id as head
+    from unnest(p_sessions, p_rooms) as r(session_id, room)
+    join public.whatsapp_sessions s
+      on s.id = r.session_id and s.lease_owner = p_me and s.lease_expires_at > now()
+    join public.whatsapp_groups g on g.session_id = r.session_id
+    cross join lateral (
+      select q.msg_id, q.vt
+      from pgmq.q_whatsapp_outbound q
+      where (q.headers ->> 'x-pgmq-group') = g.jid::text
+      order by q.msg_id
+      limit 1
+    ) head
+    where r.room > 0 and head.vt <= clock_timestamp()
+  ) h;
+  if cardinality(v_jids) = 0 then
+    return;
+  end if;
+  v_share := ceil(p_qty::numeric / cardinality(v_jids))::integer;
+
+  select coalesce(array_agg(c.msg_id order by c.rank_in_group, c.head), '{}')
   into v_picked
   from (
-    select c.msg_id, c.rank_in_group, c.head_msg_id
+    select t.msg_id, t.rank_in_group, t.head
     from (
-      select v.msg_id, v.rank_in_group, v.head_msg_id, v.room,
-             row_number() over (partition by v.session_id
-                                order by v.rank_in_group, v.head_msg_id) as rank_in_session
-      from (
-        select g.msg_id, g.head_msg_id, gr.session_id, r.room,
-               row_number() over (partition by g.group_jid order by g.msg_id) as rank_in_group
+      select v.msg_id, v.rank_in_group, h.head, h.room,
+             row_number() over (partition by h.session_id
+                                order by v.rank_in_group, h.head) as rank_in_session
+      from unnest(v_jids, v_session_ids, v_rooms, v_heads) as h(jid, session_id, room, head)
+      cross join lateral (
+        select w.msg_id, row_number() over (order by w.msg_id) as rank_in_group
         from (
-          select q.msg_id, q.vt, q.headers ->> 'x-pgmq-group' as group_jid,
-                 first_value(q.vt) over w as head_vt,
-                 first_value(q.msg_id) over w as head_msg_id
+          select q.msg_id, q.vt
           from pgmq.q_whatsapp_outbound q
-          window w as (partition by q.headers ->> 'x-pgmq-group' order by q.msg_id)
-        ) g
-        left join public.whatsapp_groups gr on gr.jid = g.group_jid
-        left join public.whatsapp_sessions s on s.id = gr.session_id
-        left join unnest(p_sessions, p_rooms) as r(session_id, room)
-          on r.session_id = gr.session_id
-        where g.head_vt <= clock_timestamp()
-          and g.vt <= clock_timestamp()
-          and not coalesce(s.lease_owner <> p_me and s.lease_expires_at > now(), false)
+          where (q.headers ->> 'x-pgmq-group') = h.jid
+          order by q.msg_id
+          limit least(v_share, h.room)
+        ) w
+        where w.vt <= clock_timestamp()
       ) v
-      where v.rank_in_group <= p_qty  -- no group can give more than a batch
-    ) c
-    -- Messages of sessions not sending here (down, or no session) are read without a cap:
-    -- the poller parks them or fails them.
-    where c.room is null or c.rank_in_session <= c.room
-    order by c.rank_in_group, c.head_msg_id
+    ) t
+    where t.rank_in_session <= t.room
+    order by t.rank_in_group, t.head
     limit p_qty
-  ) p;
+  ) c;
 
   if cardinality(v_picked) = 0 then
     return;
@@ -181,6 +236,46 @@ begin
   if cardinality(v_msg_ids) > 0 then
     return query select * from private.claim_outbound(
       v_msg_ids, v_message_ids, p_sessions, p_me, p_held, p_ttl);
+  end if;
+end
+$$;
+
+-- Expiry, on the database's clock: messages still queued `p_ttl` seconds after they were
+-- written fail without an attempt, whoever holds (or nobody holds) their session. It looks at
+-- the oldest visible jobs only (the queue's order is the order of writing), so it costs what it
+-- finds; jobs in flight are left to their holder, whose claim checks the TTL too.
+create function private.expire_outbound(p_ttl double precision) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_ids uuid[];
+  v_msg_ids bigint[];
+begin
+  -- The oldest visible jobs, unlocked (a young one must stay free for the take); then the
+  -- expired among them, locked.
+  select array_agg(m.id), array_agg(o.msg_id)
+  into v_ids, v_msg_ids
+  from (
+    select x.msg_id, (x.message ->> 'message_id')::uuid as message_id
+    from pgmq.q_whatsapp_outbound x
+    where x.msg_id in (
+            select q.msg_id from pgmq.q_whatsapp_outbound q
+            where q.vt <= clock_timestamp()
+            order by q.msg_id
+            limit 100)
+      and x.enqueued_at <= clock_timestamp() - make_interval(secs => p_ttl)
+      and x.vt <= clock_timestamp()
+    for update skip locked
+  ) o
+  join public.messages m on m.id = o.message_id
+  where m.created_at <= now() - make_interval(secs => p_ttl) and m.status in ('pending', 'sending');
+  if v_ids is not null then
+    perform private.fail_outbound(
+      v_ids, v_msg_ids,
+      array_fill(format('expired: not sent within %s s (its WhatsApp session was not connected)',
+                        p_ttl), array[cardinality(v_ids)]),
+      false);
   end if;
 end
 $$;

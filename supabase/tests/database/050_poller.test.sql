@@ -33,6 +33,9 @@ select throws_ok($$select tests.as_poller(
   '42501', null, 'the poller cannot lock the queue');
 
 -- The project's functions: take (claims the message: `sending`), then sent (archives the job).
+-- The take reads the sessions the poller holds: this one is held by 'pgtap'.
+update public.whatsapp_sessions set lease_owner = 'pgtap', lease_expires_at = now() + interval '1 minute'
+where id = :'session_id';
 set local role wa_poller;
 select msg_id, message_id from private.take_outbound(
   'pgtap', array[:'session_id']::uuid[], array[10], '{}'::bigint[], 30, 10, 3600) \gset

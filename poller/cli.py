@@ -10,11 +10,14 @@ import uuid
 from poller.admin import add_session, list_sessions, pair
 from poller.bootstrap import bootstrap
 from poller.daemon import run_daemon
+from poller.db import conninfo_problem
 from poller.demo import run_demo
-from poller.errors import ConfigError, PollerError
-from poller.settings import Settings
+from poller.errors import ConfigError, PollerError, TaskDied
+from poller.settings import Settings, load_settings
 
 log = logging.getLogger("poller")
+
+STRAGGLERS = 0.2  # seconds for tasks still running after the daemon returned to end
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,11 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         if args.command == "db" and args.db_command == "bootstrap":
             url = _url(args, settings)
             report = bootstrap(url, args.poller_password, args.session_store_password)
@@ -86,30 +89,54 @@ def main(argv: list[str] | None = None) -> int:
             phone = pair(_url(args, settings), args.session, args.timeout)
             print(f"paired: {phone}")
         elif args.command == "run":
-            overrides = {
-                k: v
-                for k, v in (("transport", args.transport), ("database_url", args.database_url))
-                if v
-            }
-            run_settings = settings.model_copy(update=overrides)
-            asyncio.run(run_daemon(run_settings))
-            if run_settings.transport == "neonize":
-                # neonize's connect() threads are not daemons and a hung one would keep the
-                # process alive after a clean stop: everything is in the database, leave now.
-                logging.shutdown()
-                os._exit(0)
-        elif args.command == "demo":
-            run_demo(args.database_url)
+            overrides = {"database_url": _url(args, settings)}
+            if args.transport:
+                overrides["transport"] = args.transport
+            return _run(settings.model_copy(update=overrides))
+        elif args.command == "demo":  # an embedded PostgreSQL unless a URL is given
+            run_demo(_url(args, settings) if args.database_url or settings.database_url else None)
     except PollerError as exc:
         print(f"wa-poller: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0
 
 
+def _run(settings: Settings) -> int:
+    """asyncio.run(run_daemon(...)), except that the process ends even if a task outlives the
+    daemon by ignoring its cancellation (a cleanup that failed once the pool was closed turns
+    the cancellation into an error): asyncio.run would wait for it for ever, and a stop under
+    systemd would end in SIGKILL."""
+    loop = asyncio.new_event_loop()
+    code = 0
+    try:
+        loop.run_until_complete(run_daemon(settings))
+    except TaskDied:
+        code = 1  # logged with its traceback when it died
+    rest = asyncio.all_tasks(loop)
+    for task in rest:
+        task.cancel()
+    if rest:
+        loop.run_until_complete(asyncio.wait(rest, timeout=STRAGGLERS))
+    stuck = sorted(task.get_name() for task in rest if not task.done())
+    if stuck:
+        log.warning("exiting with task(s) that ignored the stop: %s", ", ".join(stuck))
+    if stuck or settings.transport == "neonize":
+        # neonize's connect() threads are not daemons and a hung one would keep the process
+        # alive after the stop: everything is in the database, leave now.
+        logging.shutdown()
+        os._exit(code)
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    return code
+
+
 def _url(args: argparse.Namespace, settings: Settings) -> str:
+    """--database-url, checked as WA_DATABASE_URL is, or WA_DATABASE_URL."""
     url = args.database_url or settings.database_url
     if not url:
         raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
+    if args.database_url and (problem := conninfo_problem(url)):
+        raise ConfigError(f"--database-url should be a PostgreSQL URL: {problem}")
     return url
 
 

@@ -5,6 +5,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
+from typing import Any
 
 from poller.db import Database
 from poller.dispatcher import Dispatcher
@@ -13,6 +15,7 @@ from poller.groups import GroupSync
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
+from poller.tasks import watch
 from poller.transports import make_transport
 
 log = logging.getLogger(__name__)
@@ -21,7 +24,29 @@ NOTIFY_CHANNEL = "wa_outbound"  # see private.wake_outbound_listener
 STATS_EVERY = 10.0  # seconds between progress lines
 
 
+class _Deadline:
+    """What is left of WA_SHUTDOWN_TIMEOUT after a stop, so that it ends in time whatever the
+    database does. The last part of it is kept for closing the transport and the pool: a
+    database that does not answer takes only the rest."""
+
+    def __init__(self, seconds: float) -> None:
+        self._at = asyncio.get_running_loop().time() + seconds
+        self._reserve = min(0.5, seconds / 4)
+
+    def left(self, closing: bool = False) -> float:
+        reserve = 0.0 if closing else self._reserve
+        return max(0.0, self._at - reserve - asyncio.get_running_loop().time())
+
+    async def run(self, work: Awaitable[Any], closing: bool, failed: str) -> None:
+        try:
+            await asyncio.wait_for(work, self.left(closing))
+        except TimeoutError:
+            log.warning("shutdown timeout: %s", failed)
+
+
 async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (SIGTERM, SIGINT); from then on return within
+    WA_SHUTDOWN_TIMEOUT. Raises TaskDied, after the same stop, if a part of it died."""
     if not settings.database_url:
         raise ConfigError("no database URL: set WA_DATABASE_URL")
     stop = stop or asyncio.Event()
@@ -30,77 +55,98 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
         loop.add_signal_handler(sig, stop.set)
 
     db = Database(settings.database_url, synchronous_commit=settings.synchronous_commit)
-    await db.open()
     transport = make_transport(settings)
     receipts = Receipts(db)
     sessions = SessionManager(db, transport, receipts, settings)
     dispatcher = Dispatcher(db, sessions, receipts, settings)
     groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
     sessions.on_groups_changed(groups.request)
+    death = None
+    opened = False
+    dispatch: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
-        await dispatcher.check_queue_functions()
-        await sessions.heartbeat()
-        log.info(
-            "poller started: %d session(s), transport %s", len(sessions.clients), settings.transport
-        )
-        background = [
-            asyncio.create_task(
-                db.listen(NOTIFY_CHANNEL, dispatcher.wake.set, stop), name="listen"
-            ),
-            asyncio.create_task(receipts.run(stop), name="receipts"),
-            asyncio.create_task(sessions.run(stop), name="sessions"),
-            asyncio.create_task(groups.run(stop), name="group-sync"),
-            asyncio.create_task(_report(dispatcher, stop), name="stats"),
-        ]
-        try:
-            await _dispatch_until_stopped(dispatcher, stop)
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            try:  # with the database gone these would retry for ever: bound them
-                await asyncio.wait_for(_hand_over(receipts, sessions), settings.shutdown_timeout)
-            except TimeoutError:
-                log.warning(
-                    "shutdown: could not record the last receipts and session states in "
-                    "time; the session leases will expire instead"
-                )
+        opened = await _unless_stopped(db.open(), stop)
+        if opened and await _unless_stopped(_start(dispatcher, sessions), stop):
+            log.info(
+                "poller started: %d session(s), transport %s",
+                len(sessions.clients),
+                settings.transport,
+            )
+            dispatch = asyncio.create_task(dispatcher.run(stop), name="dispatch")
+            background = [
+                asyncio.create_task(
+                    db.listen(NOTIFY_CHANNEL, dispatcher.wake.set, stop), name="listen"
+                ),
+                asyncio.create_task(receipts.run(stop), name="receipts"),
+                asyncio.create_task(sessions.run(stop), name="sessions"),
+                asyncio.create_task(groups.run(stop), name="group-sync"),
+                asyncio.create_task(_report(dispatcher, stop), name="stats"),
+            ]
+            # A dead part stops the daemon (systemd restarts it; leases return the messages).
+            death = await watch([dispatch, *background], stop)
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(transport.close(), settings.shutdown_timeout)
-        await db.close()
+        deadline = _Deadline(settings.shutdown_timeout)
+        if dispatch:
+            await _drain(dispatch, dispatcher, deadline)
+        for task in background:
+            task.cancel()
+        if background:  # bounded: a task may turn its cancellation into one more retry
+            await asyncio.wait(background, timeout=deadline.left())
+        if opened:
+            await deadline.run(
+                _hand_over(receipts, sessions),
+                closing=False,
+                failed="the last receipts and session states are not recorded; the session "
+                "leases will expire instead",
+            )
+        await deadline.run(transport.close(), closing=True, failed="the transport did not close")
+        await db.close(timeout=deadline.left(closing=True))
     log.info(
         "poller stopped: sent %d, failed %d, retried %d",
         dispatcher.stats.sent,
         dispatcher.stats.failed,
         dispatcher.stats.retried,
     )
+    if death:
+        raise death
+
+
+async def _unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Await `work` unless `stop` comes first (then `work` is cancelled): whether it finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()  # it unwinds while the shutdown runs, bounded by WA_SHUTDOWN_TIMEOUT
+        return False
+    task.result()
+    return True
+
+
+async def _start(dispatcher: Dispatcher, sessions: SessionManager) -> None:
+    await dispatcher.check_queue_functions()
+    await sessions.heartbeat()
+
+
+async def _drain(dispatch: asyncio.Task[None], dispatcher: Dispatcher, deadline: _Deadline) -> None:
+    if not dispatch.done():
+        log.info("stopping: %d message(s) in flight", dispatcher.inflight)
+        # After the stop the lanes finish the send in hand and hand the rest back; past the
+        # deadline they are cancelled, and their leases return the messages to the queue.
+        await asyncio.wait({dispatch}, timeout=deadline.left())
+    if not dispatch.done():
+        log.warning(
+            "shutdown timeout: abandoning %d message(s) to their leases", dispatcher.inflight
+        )
+        dispatch.cancel()
+        await asyncio.wait({dispatch}, timeout=deadline.left())
 
 
 async def _hand_over(receipts: Receipts, sessions: SessionManager) -> None:
     await receipts.flush()
     await sessions.stop()
-
-
-async def _dispatch_until_stopped(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
-    run = asyncio.create_task(dispatcher.run(stop), name="dispatch")
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if run.done():  # the dispatcher died: let systemd restart us, leases return the messages
-        stopped.cancel()
-        stop.set()
-        run.result()
-    log.info("stopping: %d message(s) in flight", dispatcher.inflight)
-    # After the stop the lanes finish the send in hand and hand the rest back; past the
-    # timeout they are cancelled, and their leases return the messages to the queue.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(run), timeout=dispatcher.settings.shutdown_timeout)
-    if not run.done():
-        log.warning(
-            "shutdown timeout: abandoning %d message(s) to their leases", dispatcher.inflight
-        )
-        run.cancel()
-    await asyncio.gather(run, return_exceptions=True)
 
 
 async def _report(dispatcher: Dispatcher, stop: asyncio.Event) -> None:

@@ -5,10 +5,12 @@ database restart costs time, never a crash or a message."""
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
@@ -24,19 +26,87 @@ Row = dict[str, Any]
 # or a constraint, and is raised at once.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
+CONNECT_TIMEOUT = 10  # seconds, for one connection attempt
+# A peer that vanished without a FIN (host down, a NAT or firewall forgetting the flow) is
+# noticed by the kernel: idle probes after 5 s, 3 more 2 s apart; unacknowledged data 10 s.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+# The LISTEN connection only reads, so TCP alone never notices a server that stopped answering:
+# after this many quiet seconds it is asked a query, and replaced if no answer comes in as many.
+LISTEN_CHECK = 2.0
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    reason = str(exc).strip().splitlines()[0] if exc and str(exc).strip() else type(exc).__name__
-    wait = state.next_action.sleep if state.next_action else 0.0
-    log.warning("database unavailable (%s); retry %d in %.1fs", reason, state.attempt_number, wait)
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@|(password\s*=\s*)(?:'[^']*'|\S+)")
 
 
-def _retrying() -> AsyncRetrying:
+def masked(text: str) -> str:
+    """`text` with the password of any URL or key=value connection string in it replaced."""
+    return _PASSWORD.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", text)
+
+
+def conninfo_problem(url: str) -> str | None:
+    """Why libpq would refuse `url` before connecting (password masked), or None."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        return masked(str(exc).strip().splitlines()[0])
+    if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
+        return f"port {params['port']!r} is not a number"
+    return None
+
+
+def server_name(url: str) -> str:
+    """The server and role `url` names, for logs: postgresql://user:***@host:port/dbname."""
+    params = conninfo_to_dict(url)
+    user = params.get("user", "")
+    if user and "password" in params:
+        user += ":***"
+    host = params.get("host", "")
+    if "port" in params:
+        host += f":{params['port']}"
+    return f"postgresql://{user}{'@' if user else ''}{host}/{params.get('dbname', '')}"
+
+
+def _pool_noise(record: logging.LogRecord) -> bool:
+    # psycopg_pool warns about each failed connection attempt; the retry line below says the
+    # same with the server's name and the next delay, so the pool's copy is kept for DEBUG only.
+    return not str(record.msg).startswith(
+        ("error connecting in", "reconnection attempt in pool")
+    ) or log.isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("psycopg.pool").addFilter(_pool_noise)
+
+
+def _retrying(server: str, closing: Callable[[], bool]) -> AsyncRetrying:
+    def give_up(state: RetryCallState) -> bool:
+        # Once the pool closes, or this task is cancelled, nothing can succeed: an error raised
+        # while a cancelled query cleans up (the pool closed under it) would otherwise replace
+        # the cancellation and be retried for ever.
+        task = asyncio.current_task()
+        return closing() or (task is not None and task.cancelling() > 0)
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = str(exc).strip().splitlines()[0] if exc and str(exc).strip() else repr(exc)
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "database unavailable: %s (%s); retry %d in %.1f s",
+            server,
+            masked(reason),
+            state.attempt_number,
+            wait,
+        )
+
     return AsyncRetrying(
         retry=retry_if_exception_type(RETRYABLE),
+        stop=give_up,
         wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-        before_sleep=_log_retry,
+        before_sleep=log_retry,
         reraise=True,
     )
 
@@ -46,28 +116,41 @@ class Database:
 
     def __init__(self, url: str, max_size: int = 8, synchronous_commit: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "wa-poller"}
+        self.server = server_name(url)
+        self._closing = False
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": "wa-poller",
+            "connect_timeout": CONNECT_TIMEOUT,
+            **KEEPALIVES,
+        }
         if not synchronous_commit:
             # The poller's writes (leases, statuses, archive) may be committed asynchronously:
             # losing the last instant of them in a database crash only repeats sends (at least
             # once). Messages themselves are written by send_message, synchronously.
-            kwargs["options"] = "-c synchronous_commit=off"
+            self._kwargs["options"] = "-c synchronous_commit=off"
         # No check on checkout (it costs a round trip per query): a broken connection fails
         # its query, the pool discards it, and the retry takes another.
         self.pool = AsyncConnectionPool(
-            url, min_size=2, max_size=max_size, open=False, kwargs=kwargs, timeout=10.0
+            url, min_size=2, max_size=max_size, open=False, kwargs=self._kwargs, timeout=10.0
         )
 
     async def open(self) -> None:
-        async for attempt in _retrying():
+        """Wait until the server takes a connection, then open the pool."""
+        # Not pool.open(wait=True): when that times out the pool closes for good, and every
+        # retry after it fails at once ("pool has already been opened/closed").
+        async for attempt in _retrying(self.server, lambda: self._closing):
             with attempt:
-                await self.pool.open(wait=True, timeout=10.0)
+                probe = await psycopg.AsyncConnection.connect(self.url, **self._kwargs)
+                await probe.close()
+        await self.pool.open()
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        self._closing = True
+        await self.pool.close(timeout=timeout)
 
     async def fetch(self, name: str, params: Params | None = None) -> list[Row]:
-        async for attempt in _retrying():
+        async for attempt in _retrying(self.server, lambda: self._closing):
             with attempt:
                 async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(query(name), params)
@@ -75,7 +158,7 @@ class Database:
         raise AssertionError("unreachable")
 
     async def execute(self, name: str, params: Params | None = None) -> int:
-        async for attempt in _retrying():
+        async for attempt in _retrying(self.server, lambda: self._closing):
             with attempt:
                 async with self.pool.connection() as conn:
                     cur = await conn.execute(query(name), params)
@@ -83,21 +166,52 @@ class Database:
         raise AssertionError("unreachable")
 
     async def listen(self, channel: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
-        """Call `wake` on every notification on `channel` until `stop`; reconnects by itself.
-        After a reconnect it wakes once too, for what was notified while it was away."""
+        """Call `wake` on every notification on `channel` until `stop`; reconnects by itself,
+        also when the connection stops answering. After a reconnect it wakes once too, for what
+        was notified while it was away."""
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name="wa-poller-listen"
-                ) as conn:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url,
+                    autocommit=True,
+                    application_name="wa-poller-listen",
+                    connect_timeout=CONNECT_TIMEOUT,
+                    **KEEPALIVES,
+                )
+                try:
                     await conn.execute(f'listen "{channel}"')
                     log.debug("listening on %s", channel)
                     wake()
-                    async for _ in conn.notifies():
-                        wake()
-                        if stop.is_set():
-                            return
+                    while not stop.is_set():
+                        async for _ in conn.notifies(timeout=LISTEN_CHECK):
+                            wake()
+                        if not stop.is_set() and not await _answers(conn, LISTEN_CHECK):
+                            raise psycopg.OperationalError(
+                                f"no answer to a check in {LISTEN_CHECK:g} s"
+                            )
+                finally:
+                    await conn.close()
             except RETRYABLE as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", str(exc).strip()[:200])
+                log.warning(
+                    "LISTEN connection lost: %s (%s); reconnecting",
+                    self.server,
+                    masked(str(exc).strip()[:200]),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def _answers(conn: psycopg.AsyncConnection, timeout: float) -> bool:
+    """Whether `conn` answers a query within `timeout`; if not, it is closed."""
+    check = asyncio.ensure_future(conn.execute("select 1"))
+    done, _ = await asyncio.wait({check}, timeout=timeout)
+    if not done:
+        # Cancelling the query first would make psycopg ask the server to cancel it and wait
+        # up to 10 s for that; with the connection closed under it, the query ends at once.
+        conn.pgconn.finish()
+        check.cancel()
+        with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
+            await check
+        return False
+    check.result()
+    return True

@@ -15,3 +15,8 @@ class DatabaseUnavailable(PollerError):
 
 class BootstrapError(PollerError):
     """Making the database ready failed part-way (the failing step is rolled back)."""
+
+
+class TaskDied(PollerError):
+    """A part of the daemon that runs until the stop ended before it; the daemon stops and exits
+    non-zero so that its supervisor (systemd) restarts it."""

@@ -3,8 +3,11 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from poller.db import conninfo_problem, masked
+from poller.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -13,7 +16,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL; the poller connects as the wa_poller role."
     )
-    log_level: str = Field(default="INFO", description="Python logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Python logging level."
+    )
     transport: Literal["simulated", "neonize"] = "simulated"
 
     synchronous_commit: bool = Field(
@@ -63,6 +68,21 @@ class Settings(BaseSettings):
         "once instead of waiting for the leases to expire; unset: host-pid-random",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", "session_store_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value and (problem := conninfo_problem(value)):
+            raise ValueError(
+                f"should be a PostgreSQL URL (postgresql://user:password@host:port/dbname) or "
+                f"key=value connection string: {problem}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":
         if self.lease_ttl < 2 * self.heartbeat_interval:
@@ -105,3 +125,29 @@ class Settings(BaseSettings):
     sim_own_jid: str = Field(
         default="905550000001@s.whatsapp.net", description="the simulated account's own JID"
     )
+
+
+# pydantic's wording for these says what failed, not what is allowed.
+_ALLOWED = {
+    "bool_parsing": "should be true or false",
+    "int_parsing": "should be a whole number",
+    "float_parsing": "should be a number",
+}
+
+
+def load_settings() -> Settings:
+    """Settings() with every invalid value in one line that names its variable and what it
+    allows (no traceback); the value is shown with any password masked."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            allowed = _ALLOWED.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+            allowed = allowed.replace("Input should", "should")
+            if error["loc"]:
+                value = masked(str(error["input"]))
+                problems.append(f"WA_{str(error['loc'][0]).upper()}={value!r}: {allowed}")
+            else:  # a rule across settings names them itself
+                problems.append(allowed)
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None

@@ -39,6 +39,7 @@ KEEPALIVES = {
 # The LISTEN connection only reads, so TCP alone never notices a server that stopped answering:
 # after this many quiet seconds it is asked a query, and replaced if no answer comes in as many.
 LISTEN_CHECK = 2.0
+LISTEN_RECONNECT = 1.0  # seconds between attempts to open it again
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@|(password\s*=\s*)(?:'[^']*'|\S+)")
 
@@ -193,12 +194,13 @@ class Database:
                     await conn.close()
             except RETRYABLE as exc:
                 log.warning(
-                    "LISTEN connection lost: %s (%s); reconnecting",
+                    "LISTEN connection lost: %s (%s); reconnecting in %g s",
                     self.server,
                     masked(str(exc).strip()[:200]),
+                    LISTEN_RECONNECT,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    await asyncio.wait_for(stop.wait(), timeout=LISTEN_RECONNECT)
 
 
 async def _answers(conn: psycopg.AsyncConnection, timeout: float) -> bool:

@@ -136,7 +136,7 @@ def _url(args: argparse.Namespace, settings: Settings) -> str:
     if not url:
         raise ConfigError("no database URL: pass --database-url or set WA_DATABASE_URL")
     if args.database_url and (problem := conninfo_problem(url)):
-        raise ConfigError(f"--database-url should be a PostgreSQL URL: {problem}")
+        raise ConfigError(f"invalid database URL (--database-url): {problem}")
     return url
 
 

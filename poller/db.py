@@ -50,14 +50,20 @@ def masked(text: str) -> str:
 
 
 def conninfo_problem(url: str) -> str | None:
-    """Why libpq would refuse `url` before connecting (password masked), or None."""
+    """What `url` should be and why libpq would refuse it before connecting (password
+    masked), or None."""
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        return masked(str(exc).strip().splitlines()[0])
-    if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
-        return f"port {params['port']!r} is not a number"
-    return None
+        why = masked(str(exc).strip().splitlines()[0])
+    else:
+        if all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
+            return None
+        why = f"port {params['port']!r} is not a number"
+    return (
+        "should be a PostgreSQL URL (postgresql://user:password@host:port/dbname) or a "
+        f"key=value connection string: {why}"
+    )
 
 
 def server_name(url: str) -> str:

@@ -77,10 +77,7 @@ class Settings(BaseSettings):
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         if value and (problem := conninfo_problem(value)):
-            raise ValueError(
-                f"should be a PostgreSQL URL (postgresql://user:password@host:port/dbname) or "
-                f"key=value connection string: {problem}"
-            )
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

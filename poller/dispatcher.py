@@ -128,8 +128,10 @@ class Dispatcher:
             await self._read_loop()
         finally:
             leases.cancel()
-            await self._drain()
-            flusher.cancel()
+            try:
+                await self._drain()
+            finally:
+                flusher.cancel()
 
     async def _read_loop(self) -> None:
         # `armed`: the listener was armed before the last read, so any message that read missed
@@ -289,6 +291,11 @@ class Dispatcher:
             try:
                 await self._flush()
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled mid-write (the stop's deadline): the pool's error stands in
+                    # for the cancellation, which must still end the loop.
+                    raise asyncio.CancelledError from None
                 log.exception("writing sent statuses failed; those messages return to the queue")
             finally:
                 self._flush_busy = False

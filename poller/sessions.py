@@ -182,6 +182,9 @@ class SessionManager:
                     try:
                         await self.heartbeat()
                     except Exception:  # the next beat tries again; leases last WA_LEASE_TTL
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise asyncio.CancelledError from None  # see Dispatcher's flush
                         log.exception("heartbeat failed")
         finally:
             writer.cancel()

@@ -40,9 +40,6 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     retry_initial: float = Field(default=2.0, gt=0, description="first retry delay, seconds")
     retry_max: float = Field(default=300.0, gt=0, le=3600, description="retry delay cap, seconds")
-    park_interval: float = Field(
-        default=5.0, gt=0, le=3600, description="recheck of a message whose session is down, s"
-    )
     message_ttl: float = Field(default=86_400.0, gt=0, description="unsent → failed, seconds")
 
     # Pacing (per session)

@@ -99,7 +99,6 @@ class Poller:
             "WA_SIM_READ_AFTER_MS": "0",
             "WA_RETRY_INITIAL": "0.05",
             "WA_RETRY_MAX": "0.5",
-            "WA_PARK_INTERVAL": "0.5",
             "WA_POLL_INTERVAL": "0.2",
             "WA_HEARTBEAT_INTERVAL": "0.5",
             "WA_LEASE_TTL": "2",

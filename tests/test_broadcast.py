@@ -298,9 +298,7 @@ def test_a_batch_status_change_is_one_insert_not_a_subtransaction_per_message(co
     ids = [send_as(conn, "employee", data, G1, f"toplu {n}")["id"] for n in range(150)]
     clear(conn)
     before = conn.execute("select txid_current()").fetchone()[0]
-    as_poller(
-        conn, data, "update public.messages set status = 'sending' where id = any(%s)", [ids]
-    )
+    as_poller(conn, data, "update public.messages set status = 'sending' where id = any(%s)", [ids])
     after = conn.execute("select txid_current()").fetchone()[0]
     ticks = broadcasts(conn)
     assert sorted(t["payload"]["message_id"] for t in ticks) == sorted(map(str, ids))

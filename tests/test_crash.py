@@ -116,7 +116,7 @@ def test_database_restart_under_the_poller(own_server, tmp_path):
 
 def test_session_down_for_10_seconds_with_500_queued(conn, db_url, tmp_path):
     team = make_team(conn, groups=10)
-    poller = Poller(db_url, tmp_path, park_interval=2).start()
+    poller = Poller(db_url, tmp_path).start()
     try:
         wait_until(lambda: "connected" in poller.output(), 20, "the session to connect")
         poller.disconnect()

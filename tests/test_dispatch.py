@@ -604,7 +604,7 @@ def test_a_rate_limited_session_over_its_cap_never_flickers(conn, db_url, tmp_pa
     )
     jids = list(make_team(conn, groups=4).groups)
     enqueue(conn, jids, per_group=10)
-    poller = Poller(db_url, tmp_path, session_inflight=3, rate_per_minute=1200, park_interval=0.3)
+    poller = Poller(db_url, tmp_path, session_inflight=3, rate_per_minute=1200)
     most_sending = 0
     poller.start()
     try:

@@ -20,8 +20,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from tenacity import RetryCallState, wait_exponential_jitter
-
+from poller.backoff import Backoff
 from poller.db import Database, Row
 from poller.errors import ConfigError
 from poller.receipts import Receipts
@@ -99,9 +98,7 @@ class Dispatcher:
         self._flush_wake = asyncio.Event()
         self._flush_busy = False
         self._flushing: asyncio.Task[None] | None = None
-        self._backoff = wait_exponential_jitter(
-            multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
-        )
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         sessions.on_connected(self._session_connected)
 
     async def check_queue_functions(self) -> None:
@@ -324,19 +321,13 @@ class Dispatcher:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds before retry number `attempt` (tenacity's exponential wait with jitter)."""
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(self._backoff(state))
-
     async def _retry(self, job: Job, exc: BaseException) -> None:
         attempts = job.attempts + 1
         if attempts >= self.settings.max_attempts:
             reason = f"gave up after {attempts} attempts; last error: {exc}"
             await self._record_failed([(job.message_id, job.msg_id, reason)], attempted=True)
             return
-        delay = self.backoff(attempts)
+        delay = self._backoff.delay(attempts)
         log.info(
             "message %s: attempt %d failed (%s); retry in %.1fs",
             job.message_id,

@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential_jitter
-
+from poller.backoff import Backoff
 from poller.settings import Settings
 from poller.transports.base import (
     ConnectionState,
@@ -149,11 +148,7 @@ class NeonizeSession(SessionClient):
         self._progress = asyncio.Event()  # a QR code or a connection: WhatsApp answered
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._backoff = wait_exponential_jitter(
-            multiplier=self.settings.reconnect_initial,
-            max=self.settings.reconnect_max,
-            jitter=self.settings.reconnect_initial,
-        )
+        self._backoff = Backoff(self.settings.reconnect_initial, self.settings.reconnect_max)
 
     @property
     def connected(self) -> bool:
@@ -164,11 +159,6 @@ class NeonizeSession(SessionClient):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"wa-{self.session_id}")
-
-    def backoff(self, attempt: int) -> float:
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(self._backoff(state))
 
     async def _supervise(self) -> None:
         while not self._stopping and self._ended is None:
@@ -181,7 +171,7 @@ class NeonizeSession(SessionClient):
             if self._stopping or self._ended is not None:
                 break
             self.attempts += 1
-            delay = self.backoff(self.attempts)
+            delay = self._backoff.delay(self.attempts)
             reason = f"{error}" if error else "connection dropped"
             self._emit(ConnectionState.DISCONNECTED, f"{reason}; retrying in {delay:.1f}s")
             self._restart.clear()

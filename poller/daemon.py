@@ -76,7 +76,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             dispatch = asyncio.create_task(dispatcher.run(stop), name="dispatch")
             background = [
                 asyncio.create_task(
-                    db.listen(NOTIFY_CHANNEL, dispatcher.wake.set, stop), name="listen"
+                    db.listen(NOTIFY_CHANNEL, dispatcher.wakeup.notify, stop), name="listen"
                 ),
                 asyncio.create_task(receipts.run(stop), name="receipts"),
                 asyncio.create_task(sessions.run(stop), name="sessions"),

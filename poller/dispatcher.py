@@ -13,7 +13,6 @@ message never overtakes an earlier one, across retries, restarts and pollers.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from poller.transports.base import (
     SendResult,
     TransientSendError,
 )
+from poller.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ QUEUE_FUNCTIONS = (
     "private.outbound_discard(bigint[])",
     "private.arm_outbound_listener()",
 )
-# The listener cannot be armed while the queue table is being written (an insert mid-commit, a
-# status write, a vacuum): look again soon, backing off while that lasts.
-ARM_RETRY = 0.001
-ARM_RETRY_MAX = 0.05
 # Under load, let the next batch gather before reading it: each read, claim and status write
 # costs about the same for 1 message as for 50, so small batches spend the database's CPU on
 # overhead. A light load (a few messages a read) is read at once, for latency.
@@ -89,7 +85,7 @@ class Dispatcher:
         self.receipts = receipts
         self.settings = settings
         self.stats = Stats()
-        self.wake = asyncio.Event()
+        self.wakeup = Wakeup(self._arm_listener, settings.poll_interval)
         self._stop = asyncio.Event()
         self._inflight: dict[int, Job] = {}
         self._queues: dict[str, deque[Job]] = {}
@@ -131,10 +127,6 @@ class Dispatcher:
                 flusher.cancel()
 
     async def _read_loop(self) -> None:
-        # `armed`: the listener was armed before the last read, so any message that read missed
-        # will notify; until then, waits are short.
-        armed = False
-        arm_retry = ARM_RETRY
         while not self._stop.is_set():
             room = self.settings.max_inflight - len(self._inflight)
             qty = min(self.settings.batch_size, room)
@@ -158,24 +150,13 @@ class Dispatcher:
                 )
                 got = await self._admit(rows, read_at) if rows else 0
                 if got >= qty:
-                    armed = False
+                    self.wakeup.busy()
                     continue  # a full batch: more is probably waiting
                 if got > LIGHT_BATCH:
-                    armed = False
+                    self.wakeup.busy()
                     await asyncio.sleep(min(GATHER_MAX, got * GATHER_PER_MESSAGE))
                     continue
-            if got or not armed:
-                armed = (await self.db.fetch("arm_listener"))[0]["armed"]
-                if armed:
-                    arm_retry = ARM_RETRY
-                    continue  # read once more: whatever comes after it will notify
-                timeout, arm_retry = arm_retry, min(arm_retry * 2, ARM_RETRY_MAX)
-            else:
-                timeout = self.settings.poll_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
-            self.wake.clear()
-            armed = False  # a notification cleared the flag, or the wait was long
+            await self.wakeup.idle(got)
 
     async def _admit(self, rows: list[Row], read_at: float) -> int:
         """Hand the jobs the take returned to their lanes; returns how many were new. The take
@@ -261,7 +242,7 @@ class Dispatcher:
         finally:
             del self._queues[jid]
             del self._lanes[jid]
-            self.wake.set()
+            self.wakeup.notify()
 
     async def _set_aside(self, queue: deque[Job]) -> None:
         """A lane whose session is not sending: parked while this poller holds the session
@@ -317,7 +298,7 @@ class Dispatcher:
                 self._inflight.pop(job.msg_id, None)
         self.stats.sent += len(batch)
         self.receipts.retry_unmatched()
-        self.wake.set()
+        self.wakeup.notify()
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -379,8 +360,10 @@ class Dispatcher:
     def _wake_after(self, delay: float) -> None:
         """Read again when messages made invisible for `delay` come back: becoming visible
         notifies nobody, and the fallback poll may be far off."""
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self.wake.set)
+        self.wakeup.after(delay)
+
+    async def _arm_listener(self) -> bool:
+        return bool((await self.db.fetch("arm_listener"))[0]["armed"])
 
     async def _park_jobs(self, jobs: list[Job]) -> None:
         """Jobs of a lane whose session went down: back to the queue at once, where the take
@@ -391,7 +374,7 @@ class Dispatcher:
         self.stats.parked += len(jobs)
 
     def _session_connected(self, session_id: uuid.UUID) -> None:
-        self.wake.set()  # its messages are read from now on
+        self.wakeup.notify()  # its messages are read from now on
 
     async def _lease_loop(self) -> None:
         """Keep what is held in memory invisible to others for as long as it is held."""

@@ -97,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(_url(args, settings) if args.database_url or settings.database_url else None)
     except PollerError as exc:
         print(f"wa-poller: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return _exit_code(exc)
     return 0
+
+
+def _exit_code(exc: PollerError) -> int:
+    return 2 if isinstance(exc, ConfigError) else 1
 
 
 def _run(settings: Settings) -> int:
@@ -107,11 +111,23 @@ def _run(settings: Settings) -> int:
     the cancellation into an error): asyncio.run would wait for it for ever, and a stop under
     systemd would end in SIGKILL."""
     loop = asyncio.new_event_loop()
-    code = 0
     try:
         loop.run_until_complete(run_daemon(settings))
+        code = 0
     except TaskDied:
         code = 1  # logged with its traceback when it died
+    except PollerError as exc:  # said here: _end may leave without returning to main
+        print(f"wa-poller: error: {exc}", file=sys.stderr)
+        code = _exit_code(exc)
+    except Exception:
+        log.exception("the poller failed")
+        code = 1
+    _end(loop, settings, code)
+    return code
+
+
+def _end(loop: asyncio.AbstractEventLoop, settings: Settings, code: int) -> None:
+    """After the daemon, whatever ended it: cancel what is left and leave."""
     rest = asyncio.all_tasks(loop)
     for task in rest:
         task.cancel()
@@ -127,7 +143,6 @@ def _run(settings: Settings) -> int:
         os._exit(code)
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
-    return code
 
 
 def _url(args: argparse.Namespace, settings: Settings) -> str:

@@ -42,6 +42,8 @@ class _Deadline:
             await asyncio.wait_for(work, self.left(closing))
         except TimeoutError:
             log.warning("shutdown timeout: %s", failed)
+        except Exception as exc:  # a cancelled step may end in the pool's error instead
+            log.warning("shutdown: could not %s (%s)", failed.split(";")[0], exc)
 
 
 async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> None:

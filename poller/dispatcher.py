@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from poller.backoff import Backoff
 from poller.db import Database, Row
-from poller.errors import ConfigError
+from poller.errors import SchemaNotReady
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
@@ -42,10 +42,8 @@ QUEUE_FUNCTIONS = (
     "private.outbound_sent(uuid[], bigint[], text[], timestamptz[])",
     "private.outbound_retry(uuid, bigint, text, double precision)",
     "private.outbound_fail(uuid[], bigint[], text[])",
-    "private.outbound_expire(uuid[], bigint[], text[])",
     "private.outbound_give_back(uuid[], bigint[], double precision)",
     "private.outbound_extend(bigint[], double precision)",
-    "private.outbound_discard(bigint[])",
     "private.arm_outbound_listener()",
 )
 # Under load, let the next batch gather before reading it: each read, claim and status write
@@ -53,6 +51,7 @@ QUEUE_FUNCTIONS = (
 # overhead. A light load (a few messages a read) is read at once, for latency.
 LIGHT_BATCH = 4
 LEASE_MARGIN = 1.0  # seconds: a send is not started this close to the end of its lease
+NOT_CONNECTED_DELAY = 1.0  # seconds before a lane refused as not connected is read again
 GATHER_PER_MESSAGE = 0.0005
 GATHER_MAX = 0.02
 
@@ -100,7 +99,7 @@ class Dispatcher:
     async def check_queue_functions(self) -> None:
         rows = await self.db.fetch("outbound_functions", {"signatures": list(QUEUE_FUNCTIONS)})
         if rows:
-            raise ConfigError(
+            raise SchemaNotReady(
                 "the database lacks, or does not let this role execute, "
                 + ", ".join(r["signature"] for r in rows)
                 + ": run wa-poller db bootstrap (or supabase db push) and connect as wa_poller"
@@ -128,34 +127,39 @@ class Dispatcher:
 
     async def _read_loop(self) -> None:
         while not self._stop.is_set():
-            room = self.settings.max_inflight - len(self._inflight)
-            qty = min(self.settings.batch_size, room)
-            got = 0
-            if qty > 0:
-                read_at = time.monotonic()
-                sessions = self.sessions.connected_ids()
-                held = Counter(job.session_id for job in self._inflight.values())
-                rows = await self.db.fetch(
-                    "take",
-                    {
-                        "me": self.sessions.poller_id,
-                        "sessions": sessions,
-                        # A slow session must not fill the poller's memory.
-                        "rooms": [self.settings.session_inflight - held[s] for s in sessions],
-                        "held": list(self._inflight),
-                        "vt": self.settings.visibility_timeout,
-                        "qty": qty,
-                        "ttl": self.settings.message_ttl,
-                    },
-                )
-                got = await self._admit(rows, read_at) if rows else 0
-                if got >= qty:
-                    self.wakeup.busy()
-                    continue  # a full batch: more is probably waiting
-                if got > LIGHT_BATCH:
-                    self.wakeup.busy()
-                    await asyncio.sleep(min(GATHER_MAX, got * GATHER_PER_MESSAGE))
-                    continue
+            qty = max(
+                0, min(self.settings.batch_size, self.settings.max_inflight - len(self._inflight))
+            )
+            sessions = self.sessions.connected_ids()
+            held = Counter(job.session_id for job in self._inflight.values())
+            # A slow session must not fill the poller's memory.
+            rooms = [self.settings.session_inflight - held[s] for s in sessions]
+            read_at = time.monotonic()
+            rows = await self.db.fetch(
+                "take",
+                {
+                    "me": self.sessions.poller_id,
+                    "sessions": sessions,
+                    "rooms": rooms,
+                    "held": list(self._inflight),
+                    "vt": self.settings.visibility_timeout,
+                    "qty": qty,
+                    "ttl": self.settings.message_ttl,
+                },
+            )
+            got = await self._admit(rows, read_at) if rows else 0
+            if qty <= 0 or not any(room > 0 for room in rooms):
+                # No room to read (the take still expired what is due): arming would only make
+                # the next insert pay for a NOTIFY that no read follows.
+                await self.wakeup.pause()
+                continue
+            if got >= qty:
+                self.wakeup.busy()
+                continue  # a full batch: more is probably waiting
+            if got > LIGHT_BATCH:
+                self.wakeup.busy()
+                await asyncio.sleep(min(GATHER_MAX, got * GATHER_PER_MESSAGE))
+                continue
             await self.wakeup.idle(got)
 
     async def _admit(self, rows: list[Row], read_at: float) -> int:
@@ -215,12 +219,12 @@ class Dispatcher:
                 try:
                     result = await client.send_text(jid, job.content, job.message_id)
                 except NotConnected:
-                    await self._park_jobs(self._take_all(queue))
+                    # The client said connected, WhatsApp did not take it: a moment before the
+                    # next look, so that a client between the two does not spin the lane.
+                    await self._set_aside(queue, delay=NOT_CONNECTED_DELAY)
                 except PermanentSendError as exc:
                     queue.popleft()
-                    await self._record_failed(
-                        [(job.message_id, job.msg_id, str(exc))], attempted=True
-                    )
+                    await self._record_failed([(job.message_id, job.msg_id, str(exc))])
                 except Exception as exc:
                     if not isinstance(exc, TransientSendError):
                         log.exception("unexpected error sending %s; retrying", job.message_id)
@@ -244,13 +248,13 @@ class Dispatcher:
             del self._lanes[jid]
             self.wakeup.notify()
 
-    async def _set_aside(self, queue: deque[Job]) -> None:
-        """A lane whose session is not sending: parked while this poller holds the session
-        (it may reconnect), handed back at once when it does not (its new holder sends)."""
-        if self.sessions.holds(queue[0].session_id):
-            await self._park_jobs(self._take_all(queue))
-        else:
-            await self._release(self._take_all(queue), delay=0.0)
+    async def _set_aside(self, queue: deque[Job], delay: float = 0.0) -> None:
+        """A lane whose session is not sending: its jobs go back to the queue (no attempt
+        counted), where the take leaves them until the session is connected, here or by the
+        poller that took it over."""
+        jobs = self._take_all(queue)
+        await self._release(jobs, delay=delay)
+        self.stats.parked += len(jobs)
 
     @staticmethod
     def _take_all(queue: deque[Job]) -> list[Job]:
@@ -306,7 +310,7 @@ class Dispatcher:
         attempts = job.attempts + 1
         if attempts >= self.settings.max_attempts:
             reason = f"gave up after {attempts} attempts; last error: {exc}"
-            await self._record_failed([(job.message_id, job.msg_id, reason)], attempted=True)
+            await self._record_failed([(job.message_id, job.msg_id, reason)])
             return
         delay = self._backoff.delay(attempts)
         log.info(
@@ -324,14 +328,12 @@ class Dispatcher:
         self._wake_after(delay)
         self.stats.retried += 1
 
-    async def _record_failed(
-        self, items: list[tuple[uuid.UUID, int, str]], *, attempted: bool
-    ) -> None:
-        """`attempted`: a send was tried (it counts); otherwise the message will not be sent."""
+    async def _record_failed(self, items: list[tuple[uuid.UUID, int, str]]) -> None:
+        """Sends that failed for good (the attempt counts)."""
         for message_id, _, error in items:
             log.warning("message %s failed: %s", message_id, error)
         await self.db.fetch(
-            "record_failed" if attempted else "record_expired",
+            "record_failed",
             {
                 "ids": [i[0] for i in items],
                 "errors": [i[2] for i in items],
@@ -364,14 +366,6 @@ class Dispatcher:
 
     async def _arm_listener(self) -> bool:
         return bool((await self.db.fetch("arm_listener"))[0]["armed"])
-
-    async def _park_jobs(self, jobs: list[Job]) -> None:
-        """Jobs of a lane whose session went down: back to the queue at once, where the take
-        leaves them until the session connects again (no attempt counted)."""
-        if not jobs:
-            return
-        await self._release(jobs, delay=0.0)
-        self.stats.parked += len(jobs)
 
     def _session_connected(self, session_id: uuid.UUID) -> None:
         self.wakeup.notify()  # its messages are read from now on

@@ -13,6 +13,11 @@ class DatabaseUnavailable(PollerError):
     """The database cannot be reached or refused the connection."""
 
 
+class SchemaNotReady(PollerError):
+    """The database lacks what the poller calls (migrations not applied yet, or the wrong
+    role): exit 1, not 2, so that systemd keeps trying until `db push` has run."""
+
+
 class BootstrapError(PollerError):
     """Making the database ready failed part-way (the failing step is rolled back)."""
 

@@ -20,11 +20,17 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
         self._rng = random.Random(seed)
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        """The session is gone: a send waiting for a token stops waiting."""
+        self._closed.set()
 
     async def acquire(self, stop: asyncio.Event) -> bool:
-        """Wait for a token; False if `stop` was set first (no token is taken then)."""
+        """Wait for a token; False if `stop` was set or the bucket closed first (no token is
+        taken then)."""
         if not self.interval:
-            return not stop.is_set()
+            return not (stop.is_set() or self._closed.is_set())
         async with self._lock:  # FIFO among the session's waiting sends
             while True:
                 now = time.monotonic()
@@ -35,8 +41,14 @@ class TokenBucket:
                     return True
                 wait = (1 - self._tokens) * self.interval
                 wait += self._rng.uniform(0, self.jitter * self.interval)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                if await _first_of(stop, self._closed, timeout=wait):
                     return False
-                except TimeoutError:
-                    pass
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> bool:
+    """Wait until either event is set (True) or the timeout passes (False)."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w in pending:
+        w.cancel()
+    return bool(done)

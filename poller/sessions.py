@@ -60,9 +60,6 @@ class SessionManager:
     def is_connected(self, session_id: uuid.UUID | None) -> bool:
         return self.connected_client(session_id) is not None
 
-    def holds(self, session_id: uuid.UUID | None) -> bool:
-        return session_id is not None and session_id in self.clients
-
     def connected_client(self, session_id: uuid.UUID | None) -> SessionClient | None:
         """The session's client if this poller holds the session and it is connected now."""
         client = self.clients.get(session_id) if session_id else None
@@ -166,7 +163,9 @@ class SessionManager:
 
     async def _drop(self, session_id: uuid.UUID) -> None:
         self._ended.pop(session_id, None)
-        self.limiters.pop(session_id, None)
+        limiter = self.limiters.pop(session_id, None)
+        if limiter is not None:
+            limiter.close()  # a lane waiting for its next send gives its jobs back at once
         client = self.clients.pop(session_id, None)
         if client is not None:
             await client.stop()

@@ -7,11 +7,14 @@ read made after a successful arm sees every message committed before it, and eve
 notifies. While the poller is busy nothing is armed and the producers send no NOTIFY at all.
 
 The contract of `Wakeup`:
-- `notify()` is called for every NOTIFY (the LISTEN connection), when a session connects, and
-  when a timer set with `after(delay)` fires (a retry's backoff ends: becoming visible notifies
-  nobody).
+- `notify()` is called for every NOTIFY (the LISTEN connection), when a session connects, when
+  a lane ends or sent statuses are written (room again), and when a timer set with
+  `after(delay)` fires (a retry's backoff ends: becoming visible notifies nobody).
 - `busy()`: the last read took enough that more is probably waiting; the next `idle()` arms
   again before any wait.
+- `pause()` is awaited when the reader has no room to read (memory full, no session with
+  room): it waits for a notification or the poll interval without arming, since no read would
+  follow the arm and every insert would pay for a NOTIFY.
 - `idle(got)` is awaited after a read that took `got` jobs, fewer than a batch. It returns when
   the reader should read again: at once after a successful arm (one more read, which sees all
   that committed before the arm); after a short, growing delay (1 ms, up to 50 ms) when the arm
@@ -45,6 +48,9 @@ class Wakeup:
     def busy(self) -> None:
         self._armed = False
 
+    async def pause(self) -> None:
+        await self._wait(self._poll_interval)
+
     async def idle(self, got: int) -> None:
         if got or not self._armed:
             self._armed = await self._arm()
@@ -54,6 +60,9 @@ class Wakeup:
             timeout, self._retry = self._retry, min(self._retry * 2, ARM_RETRY_MAX)
         else:
             timeout = self._poll_interval
+        await self._wait(timeout)
+
+    async def _wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout=timeout)
         self._event.clear()

@@ -635,13 +635,13 @@ def test_the_poller_refuses_to_start_without_its_queue_functions(conn, db_url, t
         "revoke execute on function private.outbound_retry(uuid, bigint, text, "
         "double precision) from wa_poller"
     )
-    conn.execute("drop function private.outbound_discard(bigint[])")
+    conn.execute("drop function private.outbound_extend(bigint[], double precision)")
     poller = Poller(db_url, tmp_path).start()
     assert poller.proc is not None
     assert poller.proc.wait(timeout=30) != 0
     output = poller.output()
     assert "private.outbound_retry(uuid, bigint, text, double precision)" in output, output
-    assert "private.outbound_discard(bigint[])" in output, output
+    assert "private.outbound_extend(bigint[], double precision)" in output, output
     assert "private.outbound_sent" not in output, output
 
 
@@ -674,8 +674,47 @@ def test_a_session_taken_over_during_a_pacing_wait_hands_its_lane_back_at_once(
                 == 4
             )
 
-        wait_until(handed_back, 15, "the lane's four messages to be handed back, visible")
+        # At once: the pacing wait ends with the session (about 8 s of it were left).
+        wait_until(handed_back, 3, "the lane's four messages to be handed back, visible")
     finally:
         assert poller.terminate() == 0, poller.output()[-3000:]
     assert len(poller.sends()) == 1
     assert "lane for" not in poller.output(), poller.output()[-3000:]
+
+
+def test_expiry_runs_on_the_database_clock_whoever_holds_the_session(conn, data):
+    """Messages of a group without a session are never read, yet expire; jobs with nothing
+    left to do ahead of them (their message gone) are archived on the way and cannot keep
+    the expiry from seeing the rest."""
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    conn.execute(
+        "insert into whatsapp_groups (jid, name, session_id) values "
+        "('120363555555555555@g.us', 'Oturumsuz', null)"
+    )
+    conn.execute(
+        "insert into pgmq.q_whatsapp_outbound (vt, message, headers) "
+        "select clock_timestamp(), jsonb_build_object('message_id', gen_random_uuid()), "
+        '\'{"x-pgmq-group": "120363555555555555@g.us"}\' from generate_series(1, 250)'
+    )
+    conn.execute(
+        "with m as (insert into messages (group_jid, content, created_at) "
+        "  select '120363555555555555@g.us', 'eski ' || i, now() - interval '2 days' "
+        "  from generate_series(1, 5) i returning id, group_jid) "
+        "insert into pgmq.q_whatsapp_outbound (vt, enqueued_at, message, headers) "
+        "select clock_timestamp(), now() - interval '2 days', "
+        "jsonb_build_object('message_id', m.id), jsonb_build_object('x-pgmq-group', m.group_jid) "
+        "from m"
+    )
+    take = "select count(*) from private.take_outbound('me', '{}', '{}', '{}', 30, 10, 3600)"
+    assert conn.execute(take).fetchone()[0] == 0
+    assert conn.execute(take).fetchone()[0] == 0
+    rows = set(
+        conn.execute(
+            "select status::text, attempts, error_log from messages where content like 'eski %'"
+        )
+    )
+    assert rows == {
+        ("failed", 0, "expired: not sent within 3600 s (its WhatsApp session was not connected)")
+    }
+    assert conn.execute("select count(*) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
+    assert conn.execute("select count(*) from pgmq.a_whatsapp_outbound").fetchone()[0] == 255

@@ -508,8 +508,6 @@ MISUSED_TRANSITIONS = {
     "sent with another message's id": "select private.outbound_sent("
     "array[gen_random_uuid()], %(msg_ids)s, array['3EB0X'], array[now()])",
     "failed with no message": "select private.outbound_fail('{}', %(msg_ids)s, '{}')",
-    "expired with no message": "select private.outbound_expire('{}', %(msg_ids)s, '{}')",
-    "discarded while waiting": "select private.outbound_discard(%(msg_ids)s)",
 }
 
 

@@ -13,10 +13,8 @@ POLLER_FUNCTIONS = [
     "private.outbound_sent(uuid[],bigint[],text[],timestamp with time zone[])",
     "private.outbound_retry(uuid,bigint,text,double precision)",
     "private.outbound_fail(uuid[],bigint[],text[])",
-    "private.outbound_expire(uuid[],bigint[],text[])",
     "private.outbound_give_back(uuid[],bigint[],double precision)",
     "private.outbound_extend(bigint[],double precision)",
-    "private.outbound_discard(bigint[])",
     "private.arm_outbound_listener()",
 ]
 # Granted to PUBLIC: the check constraint messages_content_not_blank calls it, and a CHECK runs

@@ -1,5 +1,5 @@
--- The outbound queue's transitions, one function each (take, sent, retry, fail, expire, give
--- back, extend, discard), and the wake-up. They are the poller's only access to the queue: each
+-- The outbound queue's transitions, one function each (take, which also settles and expires
+-- what cannot go; sent, retry, fail, give back, extend), and the wake-up. They are the poller's only access to the queue: each
 -- is SECURITY DEFINER and written on pgmq 1.5.1's columns of the queue table (msg_id, read_ct,
 -- enqueued_at, vt, message, headers), so they work from pgmq 1.5.1 to the newest. The read is one
 -- round trip with plans cached by plpgsql (pgmq's read functions plan their SQL at every call),
@@ -104,6 +104,9 @@ begin
     perform private.fail_outbound(v_fail_ids, v_fail_msg_ids, v_fail_errors, false);
   end if;
   if v_back is not null then
+    update public.messages m set status = 'pending'
+    from unnest(v_batch) b
+    where m.id = b.message_id and b.outcome = 'back' and m.status = 'sending';
     perform private.retime_outbound(v_back, 0);
   end if;
 
@@ -242,28 +245,40 @@ $$;
 
 -- Expiry, on the database's clock: messages still queued `p_ttl` seconds after they were
 -- written fail without an attempt, whoever holds (or nobody holds) their session. It looks at
--- the oldest visible jobs only (the queue's order is the order of writing), so it costs what it
--- finds; jobs in flight are left to their holder, whose claim checks the TTL too.
+-- the oldest jobs only (the queue's order is the order of writing), so it costs a window of
+-- 200 whatever the backlog; jobs in flight are left to their holder, whose claim checks the TTL
+-- too.
 create function private.expire_outbound(p_ttl double precision) returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_window bigint[];
   v_ids uuid[];
   v_msg_ids bigint[];
 begin
-  -- The oldest visible jobs, unlocked (a young one must stay free for the take); then the
-  -- expired among them, locked.
+  -- The oldest jobs by queue order, whether visible or not, so that the look costs the window
+  -- and not what is in flight ahead of it; of those, the visible ones with nothing left to do
+  -- are archived (or they would fill the window for good), and the expired ones fail, locked
+  -- (a young one stays free for the take).
+  select array_agg(w.msg_id) into v_window
+  from (select q.msg_id from pgmq.q_whatsapp_outbound q order by q.msg_id limit 200) w;
+  if v_window is null then
+    return;
+  end if;
+  perform private.archive_outbound(array(
+    select q.msg_id from pgmq.q_whatsapp_outbound q
+    where q.msg_id = any(v_window) and q.vt <= clock_timestamp()
+      and not exists (select 1 from public.messages m
+                      where m.id = (q.message ->> 'message_id')::uuid
+                        and m.status in ('pending', 'sending'))
+    for update of q skip locked));
   select array_agg(m.id), array_agg(o.msg_id)
   into v_ids, v_msg_ids
   from (
     select x.msg_id, (x.message ->> 'message_id')::uuid as message_id
     from pgmq.q_whatsapp_outbound x
-    where x.msg_id in (
-            select q.msg_id from pgmq.q_whatsapp_outbound q
-            where q.vt <= clock_timestamp()
-            order by q.msg_id
-            limit 100)
+    where x.msg_id = any(v_window)
       and x.enqueued_at <= clock_timestamp() - make_interval(secs => p_ttl)
       and x.vt <= clock_timestamp()
     for update skip locked
@@ -434,16 +449,6 @@ as $$
   select private.fail_outbound(p_ids, p_msg_ids, p_errors, true)
 $$;
 
--- Messages that will not be sent, failed without a send being tried (expired, or their group
--- closed): no attempt counted.
-create function private.outbound_expire(p_ids uuid[], p_msg_ids bigint[], p_errors text[])
-returns setof bigint
-language sql volatile security definer
-set search_path = pg_catalog, pg_temp
-as $$
-  select private.fail_outbound(p_ids, p_msg_ids, p_errors, false)
-$$;
-
 -- Gives jobs back without counting an attempt (session down, a retry or a shutdown ahead of
 -- them, another poller's): `pending` again, visible to any poller after `p_delay` seconds.
 -- `p_ids` may be empty: the jobs only become visible again.
@@ -469,10 +474,3 @@ as $$
   select private.retime_outbound(p_msg_ids, p_seconds)
 $$;
 
--- Archives the jobs with nothing left to do (see archive_outbound).
-create function private.outbound_discard(p_msg_ids bigint[]) returns setof bigint
-language sql volatile security definer
-set search_path = pg_catalog, pg_temp
-as $$
-  select private.archive_outbound(p_msg_ids)
-$$;

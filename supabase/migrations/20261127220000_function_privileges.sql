@@ -20,9 +20,7 @@ grant execute on function
   private.outbound_sent(uuid[], bigint[], text[], timestamptz[]),
   private.outbound_retry(uuid, bigint, text, double precision),
   private.outbound_fail(uuid[], bigint[], text[]),
-  private.outbound_expire(uuid[], bigint[], text[]),
   private.outbound_give_back(uuid[], bigint[], double precision),
   private.outbound_extend(bigint[], double precision),
-  private.outbound_discard(bigint[]),
   private.arm_outbound_listener()
   to wa_poller;

@@ -157,10 +157,10 @@ async def _report(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY)
         s = dispatcher.stats
         log.info(
-            "sent %d, failed %d, retried %d, parked %d, in flight %d",
+            "sent %d, failed %d, retried %d, set aside %d, in flight %d",
             s.sent,
             s.failed,
             s.retried,
-            s.parked,
+            s.set_aside,
             dispatcher.inflight,
         )

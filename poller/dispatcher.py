@@ -72,7 +72,7 @@ class Stats:
     sent: int = 0
     failed: int = 0
     retried: int = 0
-    parked: int = 0
+    set_aside: int = 0  # given back because their session was not sending
 
 
 class Dispatcher:
@@ -254,7 +254,7 @@ class Dispatcher:
         poller that took it over."""
         jobs = self._take_all(queue)
         await self._release(jobs, delay=delay)
-        self.stats.parked += len(jobs)
+        self.stats.set_aside += len(jobs)
 
     @staticmethod
     def _take_all(queue: deque[Job]) -> list[Job]:

@@ -299,12 +299,17 @@ def median_breakdown(runs: list[dict[str, object]]) -> dict[str, object]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The paced and burst loads, the same for every script that runs them."""
     parser.add_argument("--rate", type=int, default=200, help="paced: messages per second")
     parser.add_argument("--seconds", type=int, default=10, help="paced: duration")
     parser.add_argument("--burst", type=int, default=20_000, help="burst: messages")
     parser.add_argument("--producers", type=int, default=4, help="burst: producer connections")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_load_arguments(parser)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 

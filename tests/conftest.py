@@ -188,3 +188,15 @@ def shared_conn(pg_server: PostgreSQLExecutor, template_url: str) -> Iterator[ps
 @pytest.fixture(scope="module")
 def shared_data(shared_conn: psycopg.Connection) -> Seed:
     return seed(shared_conn)
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[PostgreSQLExecutor, str]]:
+    """A PostgreSQL of the test's own, prepared and migrated as the template is, for a test
+    that stops or restarts it; yields the server and the database's superuser URL."""
+    server = start_server()
+    url = supabase_database(server, "wa_own")
+    bootstrap(postgres_url(url), poller_password=POLLER_PASSWORD)
+    yield server, url
+    if server.running():
+        server.stop()

@@ -5,15 +5,9 @@ import random
 import time
 
 import psycopg
-import pytest
 
-from poller.bootstrap import bootstrap
 from tests.conftest import (
-    POLLER_PASSWORD,
-    postgres_url,
     start_and_wait,
-    start_server,
-    supabase_database,
 )
 from tests.poller_support import (
     Poller,
@@ -75,16 +69,6 @@ def test_sigkill_five_times_loses_nothing_and_keeps_group_order(conn, db_url, tm
         f"\nSIGKILL x5 during 2000 messages: {len(sends) - 2000} duplicate send(s) "
         f"({len(duplicates)} message(s)), 0 lost"
     )
-
-
-@pytest.fixture
-def own_server():
-    """A PostgreSQL of this test's own, since the test restarts it."""
-    server = start_server()
-    url = supabase_database(server, "wa_restart")
-    bootstrap(postgres_url(url), poller_password=POLLER_PASSWORD)
-    yield server, url
-    server.stop()
 
 
 def test_database_restart_under_the_poller(own_server, tmp_path):

@@ -11,9 +11,8 @@ import time
 import psycopg
 import pytest
 
-from poller.bootstrap import bootstrap
 from poller.localpg import free_port
-from tests.conftest import POLLER_PASSWORD, postgres_url, start_server, supabase_database
+from tests.conftest import POLLER_PASSWORD
 from tests.poller_support import Poller, enqueue, make_team, wait_until
 
 SHUTDOWN_TIMEOUT = 2.0
@@ -55,17 +54,6 @@ def test_sigterm_at_start_with_the_server_refusing(tmp_path):
     assert out.count("Connection refused") == len(retries), out
     assert POLLER_PASSWORD not in out
     assert "psycopg.pool" not in out and "cannot be reused" not in out
-
-
-@pytest.fixture
-def own_server():
-    """A PostgreSQL of this test's own, since the test stops it."""
-    server = start_server()
-    url = supabase_database(server, "wa_lifecycle")
-    bootstrap(postgres_url(url), poller_password=POLLER_PASSWORD)
-    yield server, url
-    if server.running():
-        server.stop()
 
 
 def test_sigterm_mid_run_with_the_server_stopped(own_server, tmp_path):

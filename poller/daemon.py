@@ -60,12 +60,12 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     transport = make_transport(settings)
     receipts = Receipts(db)
     sessions = SessionManager(db, transport, receipts, settings)
-    dispatcher = Dispatcher(db, sessions, receipts, settings)
+    dispatcher = Dispatcher(db, sessions, receipts, settings, stop)
     groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
     sessions.on_groups_changed(groups.request)
     death = None
     opened = False
-    dispatch: asyncio.Task[None] | None = None
+    reader: asyncio.Task[None] | None = None
     background: list[asyncio.Task[None]] = []
     try:
         opened = await _unless_stopped(db.open(), stop)
@@ -75,8 +75,10 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
                 len(sessions.clients),
                 settings.transport,
             )
-            dispatch = asyncio.create_task(dispatcher.run(stop), name="dispatch")
+            parts = dispatcher.parts()
+            reader = asyncio.create_task(parts.pop("reader"), name="reader")
             background = [
+                *(asyncio.create_task(part, name=name) for name, part in parts.items()),
                 asyncio.create_task(
                     db.listen(NOTIFY_CHANNEL, dispatcher.wakeup.notify, stop), name="listen"
                 ),
@@ -86,11 +88,11 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
                 asyncio.create_task(_report(dispatcher, stop), name="stats"),
             ]
             # A dead part stops the daemon (systemd restarts it; leases return the messages).
-            death = await watch([dispatch, *background], stop)
+            death = await watch([reader, *background], stop)
     finally:
         deadline = _Deadline(settings.shutdown_timeout)
-        if dispatch:
-            await _drain(dispatch, dispatcher, deadline)
+        if reader:
+            await _drain(reader, dispatcher, deadline)
         for task in background:
             task.cancel()
         if background:  # bounded: a task may turn its cancellation into one more retry
@@ -132,18 +134,23 @@ async def _start(dispatcher: Dispatcher, sessions: SessionManager) -> None:
     await sessions.heartbeat()
 
 
-async def _drain(dispatch: asyncio.Task[None], dispatcher: Dispatcher, deadline: _Deadline) -> None:
-    if not dispatch.done():
-        log.info("stopping: %d message(s) in flight", dispatcher.inflight)
-        # After the stop the lanes finish the send in hand and hand the rest back; past the
-        # deadline they are cancelled, and their leases return the messages to the queue.
-        await asyncio.wait({dispatch}, timeout=deadline.left())
-    if not dispatch.done():
+async def _drain(reader: asyncio.Task[None], dispatcher: Dispatcher, deadline: _Deadline) -> None:
+    log.info("stopping: %d message(s) in flight", dispatcher.inflight)
+    # The reader ends after its read in hand; the lanes finish the send in hand and give the
+    # rest back. Past the deadline they are cancelled, and their leases return the messages.
+    await asyncio.wait({reader}, timeout=deadline.left())
+    if reader.done():
+        await deadline.run(
+            dispatcher.drain(),
+            closing=False,
+            failed=f"abandoning {dispatcher.inflight} message(s) to their leases",
+        )
+    else:
         log.warning(
             "shutdown timeout: abandoning %d message(s) to their leases", dispatcher.inflight
         )
-        dispatch.cancel()
-        await asyncio.wait({dispatch}, timeout=deadline.left())
+        reader.cancel()
+        await asyncio.wait({reader}, timeout=deadline.left())
 
 
 async def _hand_over(receipts: Receipts, sessions: SessionManager) -> None:

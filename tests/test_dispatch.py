@@ -3,6 +3,7 @@ as wa_poller, messages queued through send_message."""
 
 import itertools
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -632,15 +633,15 @@ def test_the_poller_refuses_to_start_without_its_queue_functions(conn, db_url, t
     """The start-up check tests the signatures the poller calls and its right to execute them,
     and names what is missing, instead of failing at the first retry."""
     conn.execute(
-        "revoke execute on function private.outbound_retry(uuid, bigint, text, "
-        "double precision) from wa_poller"
+        "revoke execute on function private.outbound_retry(uuid[], bigint[], text[], "
+        "double precision[]) from wa_poller"
     )
     conn.execute("drop function private.outbound_extend(bigint[], double precision)")
     poller = Poller(db_url, tmp_path).start()
     assert poller.proc is not None
     assert poller.proc.wait(timeout=30) != 0
     output = poller.output()
-    assert "private.outbound_retry(uuid, bigint, text, double precision)" in output, output
+    assert "private.outbound_retry(uuid[], bigint[], text[], double precision[])" in output, output
     assert "private.outbound_extend(bigint[], double precision)" in output, output
     assert "private.outbound_sent" not in output, output
 
@@ -718,3 +719,63 @@ def test_expiry_runs_on_the_database_clock_whoever_holds_the_session(conn, data)
     }
     assert conn.execute("select count(*) from pgmq.q_whatsapp_outbound").fetchone()[0] == 0
     assert conn.execute("select count(*) from pgmq.a_whatsapp_outbound").fetchone()[0] == 255
+
+
+def test_one_settle_statement_writes_every_kind_of_outcome(conn, data):
+    """The outcome writer's one call: sent, retry, failed and given back together, each job by
+    its own transition, with its own delay."""
+    from poller.resources import query
+    from tests.personas import G1, acting_as, send_as
+
+    conn.execute("delete from pgmq.q_whatsapp_outbound")
+    conn.execute(
+        "update whatsapp_sessions set lease_owner = 'me', "
+        "lease_expires_at = now() + interval '1 minute'"
+    )
+    rows = [send_as(conn, "employee", data, G1, text) for text in ("bir", "iki", "üç", "dört")]
+    ids = [r["id"] for r in rows]
+    taken = conn.execute(
+        "select msg_id, message_id from private.take_outbound("
+        "  'me', %s::uuid[], '{100}', '{}', 30, 10, 3600)",
+        [[data.session]],
+    ).fetchall()
+    assert [message_id for _, message_id in taken] == ids
+    msg = [msg_id for msg_id, _ in taken]
+    with acting_as(conn, "wa_poller", data, commit=True):
+        counts = conn.execute(
+            query("settle"),
+            {
+                "sent_ids": [ids[0]],
+                "sent_msg_ids": [msg[0]],
+                "wa_message_ids": ["3EB0SETTLE"],
+                "sent_ats": [datetime.now(UTC)],
+                "retry_ids": [ids[1]],
+                "retry_msg_ids": [msg[1]],
+                "retry_errors": ["timeout"],
+                "retry_delays": [60.0],
+                "failed_ids": [ids[2]],
+                "failed_msg_ids": [msg[2]],
+                "failed_errors": ["not a participant"],
+                "back_ids": [ids[3]],
+                "back_msg_ids": [msg[3]],
+                "back_delays": [0.0],
+            },
+        ).fetchone()
+    assert counts == (1, 1, 1, 1)
+    messages = conn.execute(
+        "select status::text, attempts, error_log, wa_message_id from messages "
+        "where id = any(%s) order by array_position(%s, id)",
+        [ids, ids],
+    ).fetchall()
+    assert messages == [
+        ("sent", 1, None, "3EB0SETTLE"),
+        ("pending", 1, "timeout", None),
+        ("failed", 1, "not a participant", None),
+        ("pending", 0, None, None),
+    ]
+    queued = conn.execute(
+        "select msg_id, round(extract(epoch from vt - clock_timestamp())) from "
+        "pgmq.q_whatsapp_outbound order by msg_id"
+    ).fetchall()
+    assert [m for m, _ in queued] == [msg[1], msg[3]]  # sent and failed are archived
+    assert 55 <= queued[0][1] <= 60 and queued[1][1] <= 0

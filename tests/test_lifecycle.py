@@ -110,7 +110,9 @@ def test_a_dead_listen_connection_is_replaced(conn, db_url, tmp_path, silently):
 
 
 PARTS = {
-    "dispatch": "poller.dispatcher:Dispatcher.run",
+    "reader": "poller.reader:Reader.run",
+    "outcomes": "poller.outcomes:OutcomeWriter.run",
+    "leases": "poller.leases:LeaseKeeper.run",
     "listen": "poller.db:Database.listen",
     "receipts": "poller.receipts:Receipts.run",
     "sessions": "poller.sessions:SessionManager.run",

@@ -523,8 +523,8 @@ def test_the_poller_cannot_archive_the_job_of_a_waiting_message(conn, data, stat
 
 LONG_DELAYS = {
     "extend": "select private.outbound_extend(%(msg_ids)s, 3.2e9)",
-    "give back": "select private.outbound_give_back('{}', %(msg_ids)s, 3.2e9)",
-    "retry": "select private.outbound_retry(%(id)s, %(msg_id)s, 'x', 3.2e9)",
+    "give back": "select private.outbound_give_back('{}', %(msg_ids)s, '{3.2e9}')",
+    "retry": "select private.outbound_retry(array[%(id)s], %(msg_ids)s, '{x}', '{3.2e9}')",
 }
 
 

@@ -11,9 +11,9 @@ from poller.resources import migrations
 POLLER_FUNCTIONS = [
     "private.take_outbound(text,uuid[],integer[],bigint[],integer,integer,double precision)",
     "private.outbound_sent(uuid[],bigint[],text[],timestamp with time zone[])",
-    "private.outbound_retry(uuid,bigint,text,double precision)",
+    "private.outbound_retry(uuid[],bigint[],text[],double precision[])",
     "private.outbound_fail(uuid[],bigint[],text[])",
-    "private.outbound_give_back(uuid[],bigint[],double precision)",
+    "private.outbound_give_back(uuid[],bigint[],double precision[])",
     "private.outbound_extend(bigint[],double precision)",
     "private.arm_outbound_listener()",
 ]

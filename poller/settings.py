@@ -10,6 +10,21 @@ from poller.db import conninfo_problem, masked
 from poller.errors import ConfigError
 
 
+def host_port(addr: str) -> tuple[str, int]:
+    """The host and port of `host:port`, `[ipv6]:port` or `:port` (every IPv4 interface)."""
+    host, colon, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        colon = ""  # an IPv6 address needs its brackets
+    if not (colon and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(
+            "should be host:port with a port from 1 to 65535 (127.0.0.1:9464, [::1]:9464, "
+            "or :9464 for every interface)"
+        )
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WA_", env_file=".env", extra="ignore")
 
@@ -59,6 +74,9 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(
         default=30.0, gt=0, description="seconds a session lease lasts without a heartbeat"
     )
+    metrics_addr: str | None = Field(
+        default=None, description="host:port serving /metrics and /healthz; unset: off"
+    )
     poller_id: str | None = Field(
         default=None,
         description="stable id (one per systemd unit): a restart takes its sessions back at "
@@ -76,6 +94,13 @@ class Settings(BaseSettings):
         if value and (problem := conninfo_problem(value)):
             raise ValueError(problem)
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value:
+            host_port(value)
+        return value or None  # empty, as .env.example leaves it: off
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":

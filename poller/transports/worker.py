@@ -10,19 +10,26 @@ status, is restarted after the reconnect backoff; the session's row says why, an
 not answered fail as transient (the dispatcher retries them; an answered send already has its
 SendResult). stop() ends the worker with SIGTERM, then SIGKILL after STOP_GRACE.
 
-The channel is the worker's stdin and stdout: one JSON object a line (orjson), over asyncio's
-subprocess pipes. Standard and small: no pickling between processes, nothing to clean up, and the
-worker learns that the poller is gone from the end of its stdin (and PR_SET_PDEATHSIG).
+Workers come from multiprocessing's fork server, which imports once what every worker needs:
+forked from it, the workers share those pages (about 25 MB each; spawned, a worker came to 60 MB
+PSS with 20 of them, over the 50 MB budget). It must not import neonize itself: loading neonize
+starts Go's runtime, whose threads a fork does not copy. The channel is a socket pair, one JSON
+object a line (orjson) through asyncio streams: the standard library, readable, no pickling after
+the start; the worker learns that the poller is gone from the end of it (and PR_SET_PDEATHSIG,
+from the fork server's exit, which follows the poller's).
 """
 
 import asyncio
 import contextlib
 import itertools
 import logging
+import multiprocessing
+import os
 import signal
-import sys
+import socket
 import uuid
 from datetime import datetime
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import orjson
@@ -49,6 +56,19 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # seconds a worker has to stop its client before SIGKILL
 LINE_LIMIT = 64 * 1024 * 1024  # the longest line either side reads: a big group list
 REPLY_MARGIN = 5.0  # beyond WA_SEND_TIMEOUT (the worker's own bound on a call): a hung worker
+FORKSERVER = multiprocessing.get_context("forkserver")
+# The worker's modules, and the Python libraries neonize imports (the heaviest), without neonize.
+PRELOAD = [
+    "poller.transports.worker_child",
+    "poller.transports.neonize",
+    "poller.transports.simulated",
+    "google.protobuf.message",
+    "linkpreview",
+    "magic",
+    "phonenumbers",
+    "PIL.Image",
+    "segno",
+]
 ERRORS: dict[str, type[SendError]] = {
     cls.__name__: cls for cls in (NotConnected, TransientSendError, PermanentSendError)
 }
@@ -68,6 +88,7 @@ class WorkerTransport(Transport):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.clients: list[WorkerClient] = []
+        FORKSERVER.set_forkserver_preload(PRELOAD)
 
     def client(
         self, session_id: uuid.UUID, sink: EventSink, paired_jid: str | None = None
@@ -88,9 +109,9 @@ class WorkerClient(SessionClient):
         self.session_id = session_id
         self.sink = sink
         self.paired_jid = paired_jid
-        self.pid: int | None = None  # the running worker's
-        self.restarts = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0  # workers that died, for the metrics
+        self._process: BaseProcess | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._connected = False
         self._own_ids: list[str] = []
         self._ended = False  # logged out or let go: the client would not reconnect, nor do we
@@ -129,37 +150,40 @@ class WorkerClient(SessionClient):
 
     async def _run_worker(self) -> str:
         """One worker, from its start to its end; returns how it ended."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "poller.transports.worker_child",
-            str(self.session_id),  # to tell the workers apart in ps
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=LINE_LIMIT,
-            start_new_session=True,  # a Ctrl-C in a terminal is the poller's to handle
+        from poller.transports.worker_child import main
+
+        ours, theirs = socket.socketpair()
+        process = FORKSERVER.Process(
+            target=main,
+            args=(self.session_id, self.settings, self.paired_jid, theirs),
+            name=f"worker-{self.session_id}",
+            daemon=True,  # multiprocessing ends it too if the poller exits without stop()
         )
-        assert proc.stdin is not None and proc.stdout is not None
-        self._proc, self.pid = proc, proc.pid
+        try:
+            # Blocks until the fork server has forked it (the first time: started and loaded).
+            await asyncio.to_thread(process.start)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        log.info("session %s: worker started (pid %s)", self.session_id, process.pid)
+        self._process = process
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
+        self._writer = writer
         try:
             if self._stopping:  # stop() came while it was starting
-                proc.terminate()
-            # The database URL stays here: the worker needs no database.
-            config = {
-                "settings": self.settings.model_dump(mode="json", exclude={"database_url"}),
-                "paired_jid": self.paired_jid,
-            }
-            proc.stdin.write(orjson.dumps(config) + b"\n")
-            while line := await proc.stdout.readline():
+                process.terminate()
+            while line := await reader.readline():
                 self._handle(orjson.loads(line))
-            return describe_exit(await proc.wait())
+            return describe_exit(await _exit_code(process))
         finally:
-            if proc.returncode is None:  # we failed, not the worker: end it
-                proc.kill()
-            proc.stdin.close()
-            self._proc, self.pid = None, None
+            if process.exitcode is None:  # we failed, not the worker: end it
+                process.kill()
+            writer.close()
+            self._process, self._writer = None, None
             self._connected = False
-            gone = TransientSendError(f"worker died (pid {proc.pid}) before answering")
+            gone = TransientSendError(f"worker died (pid {process.pid}) before answering")
             for call in self._calls.values():
                 if not call.done():
                     call.set_exception(gone)
@@ -208,13 +232,12 @@ class WorkerClient(SessionClient):
             self.sink.let_go(sid, message["reason"])
 
     async def _call(self, op: str, **args: Any) -> Any:
-        proc = self._proc
-        if not self._connected or proc is None or proc.stdin is None:
+        if not self._connected or self._writer is None:
             raise NotConnected("session is not connected")
         call_id = next(self._call_ids)
         call = asyncio.get_running_loop().create_future()
         self._calls[call_id] = call
-        proc.stdin.write(orjson.dumps({"op": op, "id": call_id, **args}) + b"\n")
+        self._writer.write(orjson.dumps({"op": op, "id": call_id, **args}) + b"\n")
         try:
             return await asyncio.wait_for(call, self.settings.send_timeout + REPLY_MARGIN)
         except TimeoutError as exc:
@@ -251,6 +274,20 @@ class WorkerClient(SessionClient):
             raise
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self._proc is not None and self._proc.returncode is None:
+        if self._process is not None and self._process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
+                os.kill(self._process.pid, sig)
+
+
+async def _exit_code(process: BaseProcess) -> int:
+    """The worker's exit code (negative: the signal), once the fork server has reaped it."""
+    loop = asyncio.get_running_loop()
+    reaped = loop.create_future()
+    loop.add_reader(process.sentinel, lambda: reaped.done() or reaped.set_result(None))
+    try:
+        await reaped
+    finally:
+        loop.remove_reader(process.sentinel)
+    process.join()
+    assert process.exitcode is not None
+    return process.exitcode

@@ -1,11 +1,9 @@
 """A session worker: one session's client of the real transport (settings.transport), driven by
-the poller over stdin and stdout (see poller/transports/worker.py).
+the poller through a socket (see poller/transports/worker.py), one JSON object a line.
 
-    python -m poller.transports.worker_child SESSION_ID
-
-stdin: first the configuration ({"settings", "paired_jid"}), then calls ({"op", "id", ...}: send,
-joined_groups). stdout: the sink's events and the calls' replies ({"event", ...}). It stops on
-SIGTERM or at the end of stdin (the poller is gone), within STOP_GRACE whatever the client does.
+From the poller: calls ({"op": "send" | "joined_groups", "id", ...}). To it: the sink's events
+and the calls' replies ({"event", ...}). It stops on SIGTERM or at the end of the socket (the
+poller is gone), within STOP_GRACE whatever the client does.
 """
 
 import asyncio
@@ -13,7 +11,7 @@ import ctypes
 import logging
 import os
 import signal
-import sys
+import socket
 import threading
 import uuid
 from typing import Any
@@ -33,12 +31,13 @@ from poller.transports.worker import ERRORS, LINE_LIMIT, STOP_GRACE
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 class PipeSink:
     """The EventSink of the worker's client: each event a line to the poller."""
 
-    def __init__(self, out: asyncio.WriteTransport) -> None:
+    def __init__(self, out: asyncio.StreamWriter) -> None:
         self.out = out
         self.client: SessionClient | None = None
 
@@ -99,29 +98,15 @@ async def answer(client: SessionClient, sink: PipeSink, call: dict[str, Any]) ->
     sink.send("reply", **reply)
 
 
-async def serve(session_id: uuid.UUID) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    # The channel is a copy of stdout; fd 1 itself goes to stderr, so that whatever else prints
-    # there (Go, C libraries) cannot corrupt it.
-    channel = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    out, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, channel)
-    line = await reader.readline()
-    if not line:
-        return  # the poller went away before saying anything
-    config = orjson.loads(line)
-    settings = Settings(**config["settings"])
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s worker {session_id}: %(name)s: %(message)s",
-    )
+async def serve(
+    session_id: uuid.UUID, settings: Settings, paired_jid: str | None, sock: socket.socket
+) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
     transport = make_transport(settings, workers=False)
-    sink = PipeSink(out)
-    client = sink.client = transport.client(session_id, sink, config["paired_jid"])
+    sink = PipeSink(writer)
+    client = sink.client = transport.client(session_id, sink, paired_jid)
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await client.start()
     calls: set[asyncio.Task[None]] = set()
 
@@ -138,16 +123,23 @@ async def serve(session_id: uuid.UUID) -> None:
     threading.Timer(STOP_GRACE - 1, os._exit, (1,)).start()
     await client.stop()
     await transport.close()
-    out.close()
+    writer.close()
 
 
-def main() -> None:
-    # SIGKILL when the poller dies, even if this process is too stuck to read the end of stdin.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    asyncio.run(serve(uuid.UUID(sys.argv[1])))
+def main(
+    session_id: uuid.UUID, settings: Settings, paired_jid: str | None, sock: socket.socket
+) -> None:
+    """The worker process (forked by multiprocessing's fork server)."""
+    os.setsid()  # a Ctrl-C in a terminal is the poller's to handle
+    libc = ctypes.CDLL(None, use_errno=True)
+    # SIGKILL when the fork server exits (it does when the poller does), even if this process
+    # is too stuck to see the end of its socket.
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_NAME, f"wa-{session_id}"[:15].encode(), 0, 0, 0)  # ps tells them apart
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s worker {session_id}: %(name)s: %(message)s",
+    )
+    asyncio.run(serve(session_id, settings, paired_jid, sock))
     # Go's threads (neonize) must not hold the exit up.
     os._exit(0)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,197 @@
+"""Session workers for real: `wa-poller run` with each session's client in a worker process of its
+own, workers killed under it (SIGKILL, SIGABRT) while three sessions send through the simulated
+WhatsApp, and twenty neonize sessions that cannot reach WhatsApp reconnecting for a minute."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+
+import psycopg
+
+from tests.poller_support import Poller, enqueue, make_team, status_counts, wait_until
+
+DONE = ("sent", "delivered", "read")
+
+
+def worker_pid(session: uuid.UUID) -> int | None:
+    """The pid of a session's worker: the process named wa-<session id> (cut to 15 chars)."""
+    name = f"wa-{session}"[:15]
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                return int(entry.name)
+        except OSError:  # gone meanwhile
+            continue
+    return None
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.update(children)
+            todo.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def reason(conn: psycopg.Connection, session: uuid.UUID) -> str:
+    return conn.execute(
+        "select coalesce(status_reason, '') from whatsapp_sessions where id = %s", [session]
+    ).fetchone()[0]
+
+
+def test_killed_worker_loses_nothing_and_the_other_sessions_keep_sending(conn, db_url, tmp_path):
+    team = make_team(conn, groups=6, sessions=3)
+    enqueue(conn, list(team.groups), per_group=100)
+    victim, *others = team.sessions
+    poller = Poller(
+        db_url,
+        tmp_path,
+        session_workers=1,
+        sim_latency_ms=100,  # two groups a session: 20 sends a second, nearly always one in flight
+        reconnect_initial=0.5,
+        reconnect_max=1,
+    ).start()
+    outages: list[tuple[float, float]] = []
+    try:
+        for sig in (signal.SIGKILL, signal.SIGABRT):
+            mark = len(poller.sends())
+            wait_until(
+                lambda m=mark: (
+                    min(
+                        Counter(s["session"] for s in poller.sends()[m:])[str(s)]
+                        for s in team.sessions
+                    )
+                    >= 5
+                ),
+                30,
+                f"all three sessions sending\n{poller.output()[-3000:]}",
+            )
+            pid = worker_pid(victim)
+            assert pid is not None
+            os.kill(pid, sig)
+            killed = time.time()
+            wait_until(
+                lambda s=sig: f"worker died: {s.name}; restarting in" in reason(conn, victim),
+                10,
+                f"the session's row to say why ({sig.name})",
+                poll=0.02,
+            )
+            wait_until(
+                lambda k=killed: any(
+                    s["session"] == str(victim) and s["t"] > k for s in poller.sends()
+                ),
+                30,
+                f"the session to send again after {sig.name}",
+            )
+            resumed = min(
+                s["t"] for s in poller.sends() if s["session"] == str(victim) and s["t"] > killed
+            )
+            outages.append((killed, resumed))
+            assert worker_pid(victim) not in (None, pid)
+        wait_until(lambda: finished(conn) == 600, 60, f"all 600 sent\n{poller.output()[-3000:]}")
+        workers = {pid for s in team.sessions if (pid := worker_pid(s))}
+        assert len(workers) == 3
+        assert poller.terminate() == 0
+    finally:
+        poller.stop_quietly()
+    assert not any(alive(pid) for pid in workers)
+    counts = status_counts(conn)
+    assert set(counts) <= set(DONE) and sum(counts.values()) == 600, counts
+    sends = poller.sends()
+    assert len({s["message_id"] for s in sends}) == 600
+    for killed, resumed in outages:
+        assert resumed - killed >= 0.5  # the backoff: an outage the others had to send through
+        for session in others:
+            times = [killed, *(s["t"] for s in sends if s["session"] == str(session)), resumed]
+            during = sorted(t for t in times if killed <= t <= resumed)
+            assert max(b - a for a, b in pairwise(during)) < 0.5, (session, during)
+    # What was in flight at a kill failed as transient and went on a later attempt.
+    attempts = dict(
+        conn.execute("select group_jid, max(attempts) from messages group by 1").fetchall()
+    )
+    assert max(attempts[jid] for jid, s in team.groups.items() if s == victim) >= 2, attempts
+    assert all(attempts[jid] == 1 for jid, s in team.groups.items() if s != victim), attempts
+    output = poller.output()
+    assert "worker died: SIGKILL; restarting in" in output
+    assert "worker died: SIGABRT; restarting in" in output
+
+
+def finished(conn: psycopg.Connection) -> int:
+    return sum(v for k, v in status_counts(conn).items() if k in DONE)
+
+
+class NeonizePoller(Poller):
+    def start(self) -> "NeonizePoller":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "poller.cli", "run", "--transport", "neonize"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+
+def test_twenty_neonize_sessions_without_network_for_a_minute(conn, db_url, tmp_path):
+    """neonize keeps its clients in one Go map without a lock; in one process, 20 sessions
+    reconnecting this fast died of "concurrent map writes" within about 20 s."""
+    team = make_team(conn, groups=1, sessions=20)
+    poller = NeonizePoller(
+        db_url,
+        tmp_path,
+        auth_dir=tmp_path / "auth_info",
+        reconnect_initial=0.2,
+        reconnect_max=1,
+    ).start()
+    assert poller.proc is not None
+    seen: set[int] = set()
+    try:
+        wait_until(
+            lambda: all(worker_pid(s) for s in team.sessions),
+            60,
+            f"20 workers\n{poller.output()[-3000:]}",
+        )
+        started = time.monotonic()
+        victim = team.sessions[0]
+        killed = False
+        while time.monotonic() - started < 60:
+            assert poller.proc.poll() is None, poller.output()[-3000:]
+            seen |= descendants(poller.proc.pid)
+            if not killed and time.monotonic() - started > 30:
+                os.kill(worker_pid(victim), signal.SIGKILL)
+                killed = True
+            time.sleep(1)
+        rows = conn.execute("select status::text, status_reason from whatsapp_sessions").fetchall()
+        assert all(status in ("connecting", "disconnected") for status, _ in rows), rows
+        assert all(worker_pid(s) for s in team.sessions)
+        begun = time.monotonic()
+        assert poller.terminate(timeout=30) == 0
+        stopped_in = time.monotonic() - begun
+    finally:
+        poller.stop_quietly()
+    assert stopped_in < 15
+    assert seen and not [pid for pid in seen if alive(pid)]
+    output = poller.output()
+    assert "fatal error" not in output and "concurrent map" not in output
+    assert output.count("failed to dial") >= 20 * 10  # every session kept retrying
+    assert f"session {victim}: worker died: SIGKILL; restarting in" in output

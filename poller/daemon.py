@@ -6,15 +6,18 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 from poller.db import Database
 from poller.dispatcher import Dispatcher
 from poller.errors import ConfigError
 from poller.groups import GroupSync
+from poller.metrics import Health, Metrics, MetricsServer
 from poller.receipts import Receipts
+from poller.sdnotify import Notifier, keep_alive
 from poller.sessions import SessionManager
-from poller.settings import Settings
+from poller.settings import Settings, host_port
 from poller.tasks import watch
 from poller.transports import make_transport
 
@@ -22,6 +25,9 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "wa_outbound"  # see private.wake_outbound_listener
 STATS_EVERY = 10.0  # seconds between progress lines
+# The reader turns at least every poll interval; a turn may also wait this long for a slow
+# query or a pacing-free batch before the watchdog calls the loop hung.
+WATCHDOG_GRACE = 20.0
 
 
 class _Deadline:
@@ -56,19 +62,32 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    db = Database(settings.database_url, synchronous_commit=settings.synchronous_commit)
+    systemd = Notifier.from_environ()  # before any worker starts: they must not inherit it
+    metrics, health = Metrics(), Health()
+    db = Database(
+        settings.database_url,
+        synchronous_commit=settings.synchronous_commit,
+        observer=lambda ok, why: _database_state(health, ok, why),
+    )
     transport = make_transport(settings)
     receipts = Receipts(db)
     sessions = SessionManager(db, transport, receipts, settings)
-    dispatcher = Dispatcher(db, sessions, receipts, settings, stop)
+    dispatcher = Dispatcher(db, sessions, receipts, settings, metrics, health.beat, stop)
     groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
     sessions.on_groups_changed(groups.request)
     death = None
     opened = False
     reader: asyncio.Task[None] | None = None
     background: list[asyncio.Task[None]] = []
+    server = None
+    if settings.metrics_addr:
+        host, port = host_port(settings.metrics_addr)
+        server = MetricsServer(host, port, metrics, health)  # 503 until the loop runs
+        log.info("metrics and health on http://%s:%d/metrics and /healthz", host, server.port)
     try:
         opened = await _unless_stopped(db.open(), stop)
+        if opened:
+            systemd.ready()
         if opened and await _unless_stopped(_start(dispatcher, sessions), stop):
             log.info(
                 "poller started: %d session(s), transport %s",
@@ -85,11 +104,21 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
                 asyncio.create_task(receipts.run(stop), name="receipts"),
                 asyncio.create_task(sessions.run(stop), name="sessions"),
                 asyncio.create_task(groups.run(stop), name="group-sync"),
-                asyncio.create_task(_report(dispatcher, stop), name="stats"),
+                asyncio.create_task(_report(dispatcher, systemd, stop), name="stats"),
+                asyncio.create_task(
+                    metrics.watch_backlog(db, sessions.poller_id, health, stop), name="metrics"
+                ),
             ]
+            if systemd.watchdog_interval:
+                # Pinged while the reader turns (a retried query counts: see _database_state).
+                alive = partial(health.beating, WATCHDOG_GRACE + settings.poll_interval)
+                background.append(
+                    asyncio.create_task(keep_alive(systemd, alive, stop), name="watchdog")
+                )
             # A dead part stops the daemon (systemd restarts it; leases return the messages).
             death = await watch([reader, *background], stop)
     finally:
+        systemd.stopping()
         deadline = _Deadline(settings.shutdown_timeout)
         if reader:
             await _drain(reader, dispatcher, deadline)
@@ -106,6 +135,8 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             )
         await deadline.run(transport.close(), closing=True, failed="the transport did not close")
         await db.close(timeout=deadline.left(closing=True))
+        if server:
+            server.close()
     log.info(
         "poller stopped: sent %d, failed %d, retried %d",
         dispatcher.stats.sent,
@@ -158,16 +189,20 @@ async def _hand_over(receipts: Receipts, sessions: SessionManager) -> None:
     await sessions.stop()
 
 
-async def _report(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+def _database_state(health: Health, ok: bool, why: str) -> None:
+    health.database(ok, why)
+    if not ok:
+        health.beat()  # a query being retried is no hung loop: a restart would not help
+
+
+async def _report(dispatcher: Dispatcher, systemd: Notifier, stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY)
         s = dispatcher.stats
-        log.info(
-            "sent %d, failed %d, retried %d, set aside %d, in flight %d",
-            s.sent,
-            s.failed,
-            s.retried,
-            s.set_aside,
-            dispatcher.inflight,
+        line = (
+            f"sent {s.sent}, failed {s.failed}, retried {s.retried}, set aside {s.set_aside}, "
+            f"in flight {dispatcher.inflight}"
         )
+        log.info("%s", line)
+        systemd.status(line)

@@ -89,7 +89,13 @@ def _pool_noise(record: logging.LogRecord) -> bool:
 logging.getLogger("psycopg.pool").addFilter(_pool_noise)
 
 
-def _retrying(server: str, closing: Callable[[], bool]) -> AsyncRetrying:
+# Told of every answer of the database (True, "") and every failure that is retried (False, why).
+Observer = Callable[[bool, str], None]
+
+
+def _retrying(
+    server: str, closing: Callable[[], bool], observer: Observer | None = None
+) -> AsyncRetrying:
     def give_up(state: RetryCallState) -> bool:
         # Once the pool closes, or this task is cancelled, nothing can succeed: an error raised
         # while a cancelled query cleans up (the pool closed under it) would otherwise replace
@@ -108,6 +114,8 @@ def _retrying(server: str, closing: Callable[[], bool]) -> AsyncRetrying:
             state.attempt_number,
             wait,
         )
+        if observer:
+            observer(False, masked(reason))
 
     return AsyncRetrying(
         retry=retry_if_exception_type(RETRYABLE),
@@ -121,8 +129,15 @@ def _retrying(server: str, closing: Callable[[], bool]) -> AsyncRetrying:
 class Database:
     """Runs the named queries in sql/queries/ on a pool; retries until the database answers."""
 
-    def __init__(self, url: str, max_size: int = 8, synchronous_commit: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_size: int = 8,
+        synchronous_commit: bool = False,
+        observer: Observer | None = None,
+    ) -> None:
         self.url = url
+        self._observer = observer
         self.server = server_name(url)
         self._closing = False
         self._kwargs: dict[str, Any] = {
@@ -146,10 +161,11 @@ class Database:
         """Wait until the server takes a connection, then open the pool."""
         # Not pool.open(wait=True): when that times out the pool closes for good, and every
         # retry after it fails at once ("pool has already been opened/closed").
-        async for attempt in _retrying(self.server, lambda: self._closing):
+        async for attempt in self._retrying():
             with attempt:
                 probe = await psycopg.AsyncConnection.connect(self.url, **self._kwargs)
                 await probe.close()
+        self._answered()
         await self.pool.open()
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -157,20 +173,30 @@ class Database:
         await self.pool.close(timeout=timeout)
 
     async def fetch(self, name: str, params: Params | None = None) -> list[Row]:
-        async for attempt in _retrying(self.server, lambda: self._closing):
+        async for attempt in self._retrying():
             with attempt:
                 async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(query(name), params)
-                    return await cur.fetchall() if cur.description else []
+                    rows = await cur.fetchall() if cur.description else []
+                self._answered()
+                return rows
         raise AssertionError("unreachable")
 
     async def execute(self, name: str, params: Params | None = None) -> int:
-        async for attempt in _retrying(self.server, lambda: self._closing):
+        async for attempt in self._retrying():
             with attempt:
                 async with self.pool.connection() as conn:
                     cur = await conn.execute(query(name), params)
-                    return cur.rowcount
+                self._answered()
+                return cur.rowcount
         raise AssertionError("unreachable")
+
+    def _retrying(self) -> AsyncRetrying:
+        return _retrying(self.server, lambda: self._closing, self._observer)
+
+    def _answered(self) -> None:
+        if self._observer:
+            self._observer(True, "")
 
     async def listen(self, channel: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
         """Call `wake` on every notification on `channel` until `stop`; reconnects by itself,

@@ -14,7 +14,7 @@ everything else is either still leased (and comes back when the lease ends) or f
 """
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from poller.db import Database
@@ -22,6 +22,7 @@ from poller.errors import SchemaNotReady
 from poller.jobs import Held
 from poller.lanes import Lanes
 from poller.leases import LeaseKeeper
+from poller.metrics import Metrics
 from poller.outcomes import OutcomeWriter, Stats
 from poller.reader import Reader
 from poller.receipts import Receipts
@@ -39,6 +40,7 @@ QUEUE_FUNCTIONS = (
     "private.outbound_give_back(uuid[], bigint[], double precision[])",
     "private.outbound_extend(bigint[], double precision)",
     "private.arm_outbound_listener()",
+    "private.outbound_backlog(text)",
 )
 
 
@@ -49,14 +51,16 @@ class Dispatcher:
         sessions: SessionManager,
         receipts: Receipts,
         settings: Settings,
+        metrics: Metrics,
+        turned: Callable[[], None],
         stop: asyncio.Event,
     ) -> None:
         self._db = db
         self.held = Held()
         self.wakeup = Wakeup(self._arm_listener, settings.poll_interval)
-        self.writer = OutcomeWriter(db, self.held, self.wakeup, receipts)
+        self.writer = OutcomeWriter(db, self.held, self.wakeup, receipts, metrics)
         self.lanes = Lanes(sessions, self.writer, self.wakeup, settings, stop)
-        self.reader = Reader(db, sessions, self.held, self.lanes, self.wakeup, settings)
+        self.reader = Reader(db, sessions, self.held, self.lanes, self.wakeup, settings, turned)
         self.leases = LeaseKeeper(db, self.held, settings.visibility_timeout)
         self._stop = stop
         sessions.on_connected(lambda _: self.wakeup.notify())  # its messages are read now

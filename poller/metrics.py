@@ -105,6 +105,10 @@ class Health:
     def beat(self) -> None:
         self._beat = time.monotonic()
 
+    def beating(self, within: float) -> bool:
+        """Whether the loop beat in the last `within` seconds (the watchdog's question)."""
+        return self._beat is not None and time.monotonic() - self._beat < within
+
     def database(self, ok: bool, reason: str = "not answering") -> None:
         """The database answered (`ok`), or did not (`reason`); a failure stays until an
         answer."""

@@ -11,9 +11,11 @@ retries those) lets its jobs go too: their leases end and the queue offers them 
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from poller.db import Database
 from poller.jobs import Failed, GiveBack, Held, Outcome, Retry, Sent, Why
+from poller.metrics import Metrics
 from poller.receipts import Receipts
 from poller.wakeup import Wakeup
 
@@ -29,8 +31,11 @@ class Stats:
 
 
 class OutcomeWriter:
-    def __init__(self, db: Database, held: Held, wakeup: Wakeup, receipts: Receipts) -> None:
+    def __init__(
+        self, db: Database, held: Held, wakeup: Wakeup, receipts: Receipts, metrics: Metrics
+    ) -> None:
         self._db = db
+        self._metrics = metrics
         self._held = held
         self._wakeup = wakeup
         self._receipts = receipts
@@ -78,7 +83,7 @@ class OutcomeWriter:
         failures = [o for o in batch if isinstance(o, Failed)]
         backs = [o for o in batch if isinstance(o, GiveBack)]
         try:
-            await self._db.fetch(
+            [written] = await self._db.fetch(
                 "settle",
                 {
                     "sent_ids": [o.job.message_id for o in sent],
@@ -103,6 +108,14 @@ class OutcomeWriter:
         self.stats.sent += len(sent)
         self.stats.retried += len(retries)
         self.stats.failed += len(failures)
+        created = written["sent_created_ats"]
+        for o in sent:
+            if at := created.get(str(o.job.message_id)):
+                self._metrics.sent(o.job.session_id, datetime.fromisoformat(at))
+        for o in retries:
+            self._metrics.retried(o.job.session_id)
+        for o in failures:
+            self._metrics.failed(o.job.session_id)
         self.stats.set_aside += sum(o.why is Why.SESSION_DOWN for o in backs)
         # Becoming visible again notifies nobody: read again when each delay ends.
         for delay in {o.delay for o in (*retries, *backs)}:

@@ -8,6 +8,7 @@ sessions this poller holds and has connected, within each session's room.
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from poller.db import Database, Row
 from poller.jobs import Held, Job
@@ -33,8 +34,10 @@ class Reader:
         lanes: Lanes,
         wakeup: Wakeup,
         settings: Settings,
+        turned: Callable[[], None],
     ) -> None:
         self._db = db
+        self._turned = turned  # told at every turn: the loop is alive (health, watchdog)
         self._sessions = sessions
         self._held = held
         self._lanes = lanes
@@ -45,6 +48,7 @@ class Reader:
         """Read until `stop`, waiting between reads as the wake-up says."""
         settings = self._settings
         while not stop.is_set():
+            self._turned()
             qty = max(0, min(settings.batch_size, settings.max_inflight - len(self._held)))
             sessions = self._sessions.connected_ids()
             held = self._held.per_session()

@@ -38,8 +38,8 @@ def test_sigkill_five_times_loses_nothing_and_keeps_group_order(conn, db_url, tm
         before = len(poller.sends())
         wait_until(lambda p=poller, b=before: len(p.sends()) > b + 20, 30, "sends to resume")
         time.sleep(rng.uniform(0.05, 0.6))
-        kills.append(time.time())
         poller.kill()
+        kills.append(time.time())  # once it is dead: a send logged up to then was before it
     assert finished(conn) < 2000, "the run ended before the kills: make it longer"
     poller = Poller(db_url, tmp_path, **settings).start()
     try:

@@ -761,7 +761,8 @@ def test_one_settle_statement_writes_every_kind_of_outcome(conn, data):
                 "back_delays": [0.0],
             },
         ).fetchone()
-    assert counts == (1, 1, 1, 1)
+    created = conn.execute("select created_at from messages where id = %s", [ids[0]]).fetchone()
+    assert counts == ({str(ids[0]): created[0].isoformat()}, 1, 1, 1, 1)
     messages = conn.execute(
         "select status::text, attempts, error_log, wa_message_id from messages "
         "where id = any(%s) order by array_position(%s, id)",

@@ -118,6 +118,7 @@ PARTS = {
     "sessions": "poller.sessions:SessionManager.run",
     "group-sync": "poller.groups:GroupSync.run",
     "stats": "poller.daemon:_report",
+    "metrics": "poller.metrics:Metrics.watch_backlog",
 }
 # `wa-poller run` with one part replaced by one that dies after half a second.
 FAULTY_RUN = """

@@ -55,6 +55,8 @@ def _invalid_values(name: str, field: FieldInfo) -> list[str]:
             elif isinstance(bound, annotated_types.Le):
                 values.append(str(bound.le + 1))
         return values
+    if name == "metrics_addr":
+        return ["9464", "localhost", "x:70000", "x:0", "x:port"]
     if name in ("database_url", "session_store_url"):
         return ["notaurl", "postgresql://u:s3cret@[::1", "postgresql://u:s3cret@host:port/db"]
     assert kind in (str, Path), f"{name}: a new kind of setting; say here what it refuses"

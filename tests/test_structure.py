@@ -16,6 +16,7 @@ POLLER_FUNCTIONS = [
     "private.outbound_give_back(uuid[],bigint[],double precision[])",
     "private.outbound_extend(bigint[],double precision)",
     "private.arm_outbound_listener()",
+    "private.outbound_backlog(text)",
 ]
 # Granted to PUBLIC: the check constraint messages_content_not_blank calls it, and a CHECK runs
 # with the rights of whoever writes the row (the poller updates statuses). It only classifies

@@ -1,6 +1,9 @@
 -- The outcomes of a batch of sends, in one statement (one transaction): each transition runs
--- only when the batch has outcomes of its kind (an untaken CASE branch runs no subquery).
+-- only when the batch has outcomes of its kind (an untaken CASE branch runs no subquery). Also
+-- when each sent message was written, for the enqueue → sent metric.
 select
+  (select coalesce(jsonb_object_agg(m.id, m.created_at), '{}') from public.messages m
+   where m.id = any(%(sent_ids)s::uuid[])) as sent_created_ats,
   case when cardinality(%(sent_ids)s::uuid[]) > 0 then
     (select count(*) from private.outbound_sent(
        %(sent_ids)s::uuid[], %(sent_msg_ids)s::bigint[], %(wa_message_ids)s::text[],

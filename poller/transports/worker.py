@@ -11,8 +11,8 @@ not answered fail as transient (the dispatcher retries them; an answered send al
 SendResult). stop() ends the worker with SIGTERM, then SIGKILL after STOP_GRACE.
 
 Workers come from multiprocessing's fork server, which imports once what every worker needs:
-forked from it, the workers share those pages (about 25 MB each; spawned, a worker came to 60 MB
-PSS with 20 of them, over the 50 MB budget). It must not import neonize itself: loading neonize
+forked from it, the workers share those pages (with 20 sessions a worker comes to 32 MB PSS; each
+a fresh interpreter, to 60 MB, over the 50 MB budget). It must not import neonize: loading it
 starts Go's runtime, whose threads a fork does not copy. The channel is a socket pair, one JSON
 object a line (orjson) through asyncio streams: the standard library, readable, no pickling after
 the start; the worker learns that the poller is gone from the end of it (and PR_SET_PDEATHSIG,
@@ -274,9 +274,10 @@ class WorkerClient(SessionClient):
             raise
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self._process is not None and self._process.exitcode is None:
+        process = self._process
+        if process is not None and process.pid is not None and process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._process.pid, sig)
+                os.kill(process.pid, sig)
 
 
 async def _exit_code(process: BaseProcess) -> int:

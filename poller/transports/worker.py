@@ -106,6 +106,7 @@ class WorkerClient(SessionClient):
         self, settings: Settings, session_id: uuid.UUID, sink: EventSink, paired_jid: str | None
     ) -> None:
         self.settings = settings
+        self._worker_settings = settings.model_copy(update={"database_url": None})
         self.session_id = session_id
         self.sink = sink
         self.paired_jid = paired_jid
@@ -155,7 +156,8 @@ class WorkerClient(SessionClient):
         ours, theirs = socket.socketpair()
         process = FORKSERVER.Process(
             target=main,
-            args=(self.session_id, self.settings, self.paired_jid, theirs),
+            # The database URL stays here: a worker needs no database.
+            args=(self.session_id, self._worker_settings, self.paired_jid, theirs),
             name=f"worker-{self.session_id}",
             daemon=True,  # multiprocessing ends it too if the poller exits without stop()
         )

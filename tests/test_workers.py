@@ -28,7 +28,7 @@ from poller.transports.base import (
     ReceiptKind,
 )
 from poller.transports.simulated import SimulatedTransport
-from poller.transports.worker import WorkerClient, WorkerTransport
+from poller.transports.worker import STOP_GRACE, WorkerClient, WorkerTransport
 from poller.transports.worker_child import PipeSink
 from tests.poller_support import Poller, enqueue, make_team, status_counts, wait_until
 
@@ -182,6 +182,27 @@ def test_calls_through_a_simulated_worker(tmp_path):
     assert logged["message_id"] == str(message_id)
     assert seen["sent"].wa_message_id == logged["wa_message_id"]
     assert seen["connected_after_stop"] is False
+
+
+def test_a_worker_that_does_not_stop_is_killed_after_the_grace():
+    async def scenario() -> tuple[float, int]:
+        transport = WorkerTransport(Settings(transport="simulated"))
+        session = uuid.uuid4()
+        client = transport.client(session, Recorder())
+        await client.start()
+        async with asyncio.timeout(30):
+            while not client.connected:
+                await asyncio.sleep(0.01)
+        pid = worker_pid(session)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # a stopped process does not act on SIGTERM
+        started = time.monotonic()
+        await transport.close()
+        return time.monotonic() - started, pid
+
+    took, pid = asyncio.run(scenario())
+    assert STOP_GRACE <= took < STOP_GRACE + 2
+    wait_until(lambda: not alive(pid), 5, "the worker to be gone")
 
 
 def test_workers_end_with_a_killed_poller(conn, db_url, tmp_path):

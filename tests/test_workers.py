@@ -205,6 +205,42 @@ def test_a_worker_that_does_not_stop_is_killed_after_the_grace():
     wait_until(lambda: not alive(pid), 5, "the worker to be gone")
 
 
+def test_a_killed_fork_server_takes_the_workers_and_comes_back_with_them():
+    """The fork server's death kills every worker (PR_SET_PDEATHSIG); the next start of a worker
+    starts a new fork server, and every session comes back."""
+
+    async def scenario() -> list[bool]:
+        transport = WorkerTransport(
+            Settings(transport="simulated", reconnect_initial=0.2, reconnect_max=0.5)
+        )
+        clients = [transport.client(uuid.uuid4(), Recorder()) for _ in range(2)]
+        try:
+            for client in clients:
+                await client.start()
+            async with asyncio.timeout(30):
+                while not all(c.connected for c in clients):
+                    await asyncio.sleep(0.01)
+            # Its workers share its command line: the one whose parent is this process.
+            [server] = [
+                pid
+                for pid in descendants(os.getpid())
+                if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                == str(os.getpid())
+            ]
+            os.kill(server, signal.SIGKILL)
+            async with asyncio.timeout(10):
+                while any(c.connected for c in clients):
+                    await asyncio.sleep(0.01)
+                while not all(c.connected for c in clients):
+                    await asyncio.sleep(0.01)
+            return [bool(await c.send_text("1@g.us", "yine", uuid.uuid4())) for c in clients]
+        finally:
+            await transport.close()
+
+    assert asyncio.run(scenario()) == [True, True]
+
+
 def test_workers_end_with_a_killed_poller(conn, db_url, tmp_path):
     team = make_team(conn, groups=2, sessions=2)
     poller = Poller(db_url, tmp_path, session_workers=1).start()

@@ -167,6 +167,63 @@ alter default privileges for role supabase_admin in schema storage
 alter default privileges for role supabase_admin in schema storage
   grant all on sequences to postgres, anon, authenticated, service_role;
 
+-- Storage's tables, as the Storage server's tenant migrations leave them (supabase/storage,
+-- migrations/tenant: 0002 creates them, 0007 enables RLS on buckets, 0008, 0013/0014, 0016,
+-- 0018 and 0025 add the columns, 0046/0049 grant them), reduced to the columns a project's SQL
+-- reads: which bucket and name, who owns it, and `metadata` as the server writes it at upload
+-- ({"eTag", "size", "mimetype", "cacheControl", "lastModified", "contentLength",
+-- "httpStatusCode"}). Owned by supabase_storage_admin with RLS on and no policy: nobody but a
+-- role that bypasses RLS reads an object until the project adds policies. On Supabase the
+-- Storage server creates all of this; here it is made only when absent.
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'supabase_storage_admin') then
+    create role supabase_storage_admin nologin noinherit createrole noreplication;
+  end if;
+end
+$$;
+create table if not exists storage.buckets (
+  id text primary key,
+  name text not null,
+  owner uuid,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now(),
+  public boolean default false,
+  avif_autodetection boolean default false,
+  file_size_limit bigint,
+  allowed_mime_types text[],
+  owner_id text
+);
+create unique index if not exists bname on storage.buckets using btree (name);
+create table if not exists storage.objects (
+  id uuid primary key default gen_random_uuid(),
+  bucket_id text constraint "objects_bucketId_fkey" references storage.buckets (id),
+  name text,
+  owner uuid,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now(),
+  last_accessed_at timestamptz default now(),
+  metadata jsonb,
+  path_tokens text[] generated always as (string_to_array(name, '/')) stored,
+  version text,
+  owner_id text,
+  user_metadata jsonb
+);
+create unique index if not exists bucketid_objname on storage.objects using btree (bucket_id, name);
+comment on column storage.objects.owner is 'Field is deprecated, use owner_id instead';
+comment on column storage.buckets.owner is 'Field is deprecated, use owner_id instead';
+alter table storage.buckets enable row level security;
+alter table storage.objects enable row level security;
+alter table storage.buckets owner to supabase_storage_admin;
+alter table storage.objects owner to supabase_storage_admin;
+grant all on schema storage to supabase_storage_admin;
+grant all on storage.buckets, storage.objects to anon, authenticated, service_role;
+grant all on storage.buckets, storage.objects to postgres with grant option;
+-- On Supabase supautils' policy grants let `postgres` create policies on storage.objects (the
+-- SQL editor's way to write Storage access rules); here it is a member of the tables' owner, as
+-- with realtime.messages.
+grant supabase_storage_admin to postgres;
+
 -- public: Supabase's default privileges give the API roles everything on new objects, so that
 -- RLS and explicit revokes, not missing grants, are what protect the data. They are set for
 -- objects made by postgres (the migrations) and by supabase_admin.

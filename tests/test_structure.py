@@ -18,6 +18,13 @@ POLLER_FUNCTIONS = [
     "private.arm_outbound_listener()",
     "private.outbound_backlog(text)",
 ]
+# What PostgREST exposes, one function per name (tests/test_rls_matrix.py calls each as every
+# persona).
+API_FUNCTIONS = [
+    "public.send_message(text, text, uuid, text, text, uuid, text[], timestamptz)",
+    "public.send_to_groups(text[], text, uuid, text, text, timestamptz)",
+    "public.cancel_message(uuid)",
+]
 # Granted to PUBLIC: the check constraint messages_content_not_blank calls it, and a CHECK runs
 # with the rights of whoever writes the row (the poller updates statuses). It only classifies
 # text.
@@ -87,11 +94,11 @@ def test_anon_can_execute_no_function_in_public(conn):
 
 
 def test_authenticated_can_execute_send_message_and_nothing_in_pgmq(conn):
-    can = conn.execute(
-        "select has_function_privilege('authenticated', "
-        "'public.send_message(text, text, uuid)', 'execute')"
-    ).fetchone()[0]
-    assert can
+    for rpc in API_FUNCTIONS:
+        can = conn.execute(
+            "select has_function_privilege('authenticated', %s, 'execute')", [rpc]
+        ).fetchone()[0]
+        assert can, rpc
     in_pgmq = rows(
         conn,
         "select p.oid::regprocedure::text from pg_proc p "
@@ -328,11 +335,13 @@ def test_the_api_roles_may_execute_only_the_known_private_functions(conn):
         "  or has_function_privilege('anon', p.oid, 'execute')) order by 1",
     )
     assert [r[0] for r in callable_] == [
+        "cancel_message",
         "is_admin",
         "is_blank",
         "my_employee_group_ids",
         "my_group_jids",
         "send_message",
+        "send_to_groups",
     ]
 
 
@@ -353,3 +362,17 @@ def test_wa_poller_cannot_rewrite_a_queued_payload(conn, data):
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("set local role wa_poller")
         conn.execute("update pgmq.q_whatsapp_outbound set message = '{}', headers = '{}'")
+
+
+def test_the_api_has_exactly_one_function_per_rpc_name(conn):
+    """PostgREST picks an overload by its arguments' names and refuses ambiguous ones: the old
+    three-argument send_message is gone, so every call resolves to the one with the options."""
+    functions = rows(
+        conn,
+        "select p.oid::regprocedure::text from pg_proc p "
+        "where p.pronamespace = 'public'::regnamespace order by 1",
+    )
+    pinned = conn.execute(
+        "select to_regprocedure(f)::text from unnest(%s::text[]) f order by 1", [API_FUNCTIONS]
+    ).fetchall()
+    assert functions == pinned

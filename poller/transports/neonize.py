@@ -7,7 +7,8 @@
   and only hands the event to the event loop;
 - a connect that never answers (no QR code, no connection within WA_CONNECT_TIMEOUT) or a stop
   that hangs (WA_STOP_TIMEOUT): a watchdog gives up on that client and starts a new one;
-- one session's failure stays in that session: each has its own client, thread and supervisor.
+- one session's failure stays in that session: each has its own client, thread and supervisor
+  (and, through poller/transports/worker.py, its own process: neonize's Go maps take no lock).
 
 Reconnects are ours, not whatsmeow's: a dropped or failed connection is retried after an
 exponential backoff with jitter and a cap. Logged out (whatever the reason): the store is
@@ -203,8 +204,11 @@ class NeonizeSession(SessionClient):
         if not hung:
             await asyncio.wait({connecting, restart}, return_when=asyncio.FIRST_COMPLETED)
         restart.cancel()
-        # Dropped, hung or told to stop: end this client's connect(), unless stop() hangs too.
-        if not connecting.done() and await self._stop_client(self.client):
+        # Failed, dropped, hung or told to stop: stop this client before the next one connects
+        # (neonize's maps take no lock), which also ends its connect() if that still runs,
+        # unless stop() hangs too.
+        running = not connecting.done()
+        if await self._stop_client(self.client) and running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(connecting), self.settings.stop_timeout)
         if hung:
@@ -284,6 +288,11 @@ class NeonizeSession(SessionClient):
                 client = NewClient(store, uuid=str(self.session_id), new_device=True)
         else:
             client = NewClient(store, uuid=str(self.session_id))
+        # neonize stops a client when the collector frees it: Stop(uuid), from whichever thread
+        # collects, by a uuid that this session's next client shares. That would end the next
+        # client, and it raced the next connect on neonize's unlocked maps ("concurrent map
+        # writes" in a worker, once in about 1,250 failed connects). _attempt stops each client.
+        client._stop_finalizer.detach()
         # Every handler before connect(): neonize subscribes only to those registered by then.
         client.event.qr(self._guard(self._on_qr))
         client.event(ConnectedEv)(self._guard(self._on_connected))

@@ -1,6 +1,8 @@
 """Session workers for real: `wa-poller run` with each session's client in a worker process of its
 own, workers killed under it (SIGKILL, SIGABRT) while three sessions send through the simulated
-WhatsApp, and twenty neonize sessions that cannot reach WhatsApp reconnecting for a minute."""
+WhatsApp, and twenty neonize sessions that cannot reach WhatsApp reconnecting for a minute; the
+channel's events and calls, a worker that does not stop, and the deaths of the fork server and of
+the poller."""
 
 import asyncio
 import json

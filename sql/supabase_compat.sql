@@ -216,7 +216,8 @@ alter table storage.buckets enable row level security;
 alter table storage.objects enable row level security;
 alter table storage.buckets owner to supabase_storage_admin;
 alter table storage.objects owner to supabase_storage_admin;
-grant all on schema storage to supabase_storage_admin;
+-- USAGE only: postgres is a member (below), and may not create in the schema, as on Supabase.
+grant usage on schema storage to supabase_storage_admin;
 grant all on storage.buckets, storage.objects to anon, authenticated, service_role;
 grant all on storage.buckets, storage.objects to postgres with grant option;
 -- On Supabase supautils' policy grants let `postgres` create policies on storage.objects (the

@@ -153,11 +153,53 @@ def send_as(
     group_jid: str | None,
     content: str | None,
     client_msg_id: uuid.UUID | None = None,
+    **options: object,
 ) -> dict:
-    """Call the RPC as PostgREST would for `persona`, commit, and return the row as a dict."""
+    """Call the RPC as PostgREST would for `persona`, commit, and return the row as a dict.
+    `options` are its optional parameters by name (attachment_bucket, attachment_path,
+    reply_to, mentions, send_at), as PostgREST passes them."""
+    named = "".join(f", {name} => %({name})s" for name in options)
     with acting_as(conn, persona, s, commit=True):
         cur = conn.execute(
-            "select * from send_message(%s, %s, %s)", [group_jid, content, client_msg_id]
+            "select * from send_message(%(group_jid)s, %(content)s, %(client_msg_id)s"
+            + named
+            + ")",
+            {"group_jid": group_jid, "content": content, "client_msg_id": client_msg_id, **options},
         )
+        names = [d.name for d in cur.description]
+        return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def send_to_groups_as(
+    conn: psycopg.Connection,
+    persona: str,
+    s: Seed,
+    group_jids: list[str] | None,
+    content: str | None,
+    client_msg_id: uuid.UUID | None = None,
+    **options: object,
+) -> list[dict]:
+    """Call send_to_groups as PostgREST would for `persona`, commit, and return its rows."""
+    named = "".join(f", {name} => %({name})s" for name in options)
+    with acting_as(conn, persona, s, commit=True):
+        cur = conn.execute(
+            "select * from send_to_groups(%(group_jids)s, %(content)s, %(client_msg_id)s"
+            + named
+            + ")",
+            {
+                "group_jids": group_jids,
+                "content": content,
+                "client_msg_id": client_msg_id,
+                **options,
+            },
+        )
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def cancel_as(conn: psycopg.Connection, persona: str, s: Seed, message_id: uuid.UUID) -> dict:
+    """Call cancel_message as PostgREST would for `persona`, commit, and return the row."""
+    with acting_as(conn, persona, s, commit=True):
+        cur = conn.execute("select * from cancel_message(%s)", [message_id])
         names = [d.name for d in cur.description]
         return dict(zip(names, cur.fetchone(), strict=True))

@@ -1,6 +1,8 @@
 """Every persona x every table x select/insert/update/delete: what is allowed works (touches the
 target row), what is denied is denied (a 42501 error, or the row stays invisible/untouched)."""
 
+import json
+
 import psycopg
 import pytest
 
@@ -170,3 +172,46 @@ def test_poller_cannot_change_message_content_or_sender(conn, data):
         denied = pytest.raises(psycopg.errors.InsufficientPrivilege)
         with denied, acting_as(conn, "wa_poller", data):
             conn.execute(f"update messages set {column} = {column} where id = %s", [data.m1])
+
+
+# The RPCs, each with every option it has that RLS or a persona decides (a mention of G1's
+# participant, a scheduled send, a cancel of the employee's scheduled message): the allowed
+# outcome works, the denied one is refused with its SQLSTATE.
+RPC_CALLS = {
+    "send_message": "select id from send_message(%(g1)s, 'persona', null, null, null, null, "
+    "array['905551111111@s.whatsapp.net'], now() + interval '1 hour')",
+    "send_to_groups": "select id from send_to_groups(array[%(g1)s], 'persona')",
+    "cancel_message": "select id from cancel_message(%(scheduled)s)",
+}
+RPC_EXPECTED = {
+    "anon": dict.fromkeys(RPC_CALLS, "42501"),  # permission denied for function
+    "employee": dict.fromkeys(RPC_CALLS, OK),
+    # Not their team's group; not their message (answered as unknown).
+    "other_employee": {
+        "send_message": "PT403", "send_to_groups": "PT424", "cancel_message": "PT404",
+    },
+    "admin": dict.fromkeys(RPC_CALLS, OK),
+    "service_role": dict.fromkeys(RPC_CALLS, "42501"),  # not authenticated: no user in its JWT
+    "wa_poller": dict.fromkeys(RPC_CALLS, "42501"),  # permission denied for function
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("function", RPC_CALLS)
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_persona_rpc(conn, data, persona, function):
+    conn.execute(
+        "update whatsapp_groups set participants = %s where jid = %s",
+        [json.dumps([{"jid": "905551111111@s.whatsapp.net", "lid": None}]), G1],
+    )
+    scheduled = conn.execute(
+        "insert into messages (group_jid, sender_id, content, status, send_at) "
+        "values (%s, %s, 'plan', 'scheduled', now() + interval '1 hour') returning id",
+        [G1, data.employee],
+    ).fetchone()[0]
+    try:
+        with acting_as(conn, persona, data):
+            conn.execute(RPC_CALLS[function], {"g1": G1, "scheduled": scheduled}).fetchall()
+        outcome = OK
+    except psycopg.Error as error:
+        outcome = error.sqlstate
+    assert outcome == RPC_EXPECTED[persona][function]

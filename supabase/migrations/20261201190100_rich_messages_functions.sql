@@ -413,7 +413,7 @@ begin
   insert into pgmq.q_whatsapp_outbound (vt, message, headers)
   select clock_timestamp(), pg_catalog.jsonb_build_object('message_id', d.id),
          pg_catalog.jsonb_build_object('x-pgmq-group', d.group_jid)
-  from pg_catalog.unnest(v_ids, v_groups) with ordinality as d(id, group_jid, n)
+  from unnest(v_ids, v_groups) with ordinality as d(id, group_jid, n)
   order by d.n;
   return pg_catalog.cardinality(v_ids);
 end
@@ -755,7 +755,7 @@ begin
     insert into pgmq.q_whatsapp_outbound (vt, message, headers)
     select clock_timestamp(), pg_catalog.jsonb_build_object('message_id', d.id),
            pg_catalog.jsonb_build_object('x-pgmq-group', d.group_jid)
-    from pg_catalog.unnest(v_ids, v_groups) with ordinality as d(id, group_jid, n)
+    from unnest(v_ids, v_groups) with ordinality as d(id, group_jid, n)
     order by d.n;
   end if;
   return query select m.* from public.messages m where m.id = any (v_ids)

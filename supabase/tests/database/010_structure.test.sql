@@ -11,13 +11,13 @@ select is(
 select col_is_pk('public', 'whatsapp_groups', 'jid', 'groups are keyed by their WhatsApp JID');
 select index_is_unique('public', 'messages', 'messages_sender_client_msg_id_key',
   'client_msg_id is unique per sender');
-select is_definer('private', 'send_message', array['text', 'text', 'uuid'],
+select is_definer('private', 'send_message', array['text', 'text', 'uuid', 'text', 'text', 'uuid', 'text[]', 'timestamp with time zone'],
   'the RPC body runs as its owner');
-select isnt_definer('public', 'send_message', array['text', 'text', 'uuid'],
+select isnt_definer('public', 'send_message', array['text', 'text', 'uuid', 'text', 'text', 'uuid', 'text[]', 'timestamp with time zone'],
   'the exposed RPC entry is security invoker');
-select function_privs_are('public', 'send_message', array['text', 'text', 'uuid'], 'anon',
+select function_privs_are('public', 'send_message', array['text', 'text', 'uuid', 'text', 'text', 'uuid', 'text[]', 'timestamp with time zone'], 'anon',
   array[]::text[], 'anon cannot call send_message');
-select function_privs_are('public', 'send_message', array['text', 'text', 'uuid'],
+select function_privs_are('public', 'send_message', array['text', 'text', 'uuid', 'text', 'text', 'uuid', 'text[]', 'timestamp with time zone'],
   'authenticated', array['EXECUTE'], 'authenticated can call send_message');
 select is(
   (select count(*)::int from pg_proc

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -163,10 +163,10 @@ def user_token(edge: Edge, persona: str) -> str:
     return token(edge.data.claims(persona))
 
 
-def postgrest_body(edge: Edge, persona: str, group_jid: object, content: object) -> dict:
+def postgrest_body(edge: Edge, persona: str, query: str, params: list) -> dict:
     """The error body PostgREST gives for this call: the same call in SQL as the persona."""
     with pytest.raises(psycopg.Error) as raised, acting_as(edge.conn, persona, edge.data):
-        edge.conn.execute("select send_message(%s, %s)", [group_jid, content])
+        edge.conn.execute(query, params)
     diag = raised.value.diag
     return {
         "code": diag.sqlstate,
@@ -265,8 +265,60 @@ def test_refusals_have_postgrests_status_and_body(
     before = message_count(edge)
     answer = call(edge, {"group_jid": group_jid, "content": content}, user_token(edge, persona))
     assert answer.status == status
-    assert answer.body == postgrest_body(edge, persona, group_jid, content)
+    expected = postgrest_body(edge, persona, "select send_message(%s, %s)", [group_jid, content])
+    assert answer.body == expected
     assert message_count(edge) == before
+
+
+def test_optional_parameters_go_by_name(edge: Edge) -> None:
+    bearer = user_token(edge, "employee")
+    send_at = datetime.now(UTC) + timedelta(hours=1)
+    body = {"group_jid": G1, "content": "hatırlatma", "send_at": send_at.isoformat()}
+    answer = call(edge, {**body, "mentions": ["everyone"]}, bearer)
+    assert answer.status == 202
+    assert answer.body["status"] == "scheduled"
+    assert datetime.fromisoformat(answer.body["send_at"]) == send_at
+    assert answer.body["mentions"] == {"everyone": True}
+    # PTxyz is status xyz whatever xyz is: a reply to a message not sent yet is 425.
+    not_sent = call(edge, {"group_jid": G1, "content": "re", "reply_to": str(edge.data.m1)}, bearer)
+    assert (not_sent.status, not_sent.body["code"]) == (425, "PT425")
+    past = call(edge, {**body, "send_at": "2020-01-01T00:00:00Z"}, bearer)
+    assert (past.status, past.body["code"]) == (422, "PT422")
+    garbled = call(edge, {**body, "send_at": "tomorrow-ish"}, bearer)
+    assert (garbled.status, garbled.body["code"]) == (400, "22007")
+
+
+def test_fan_out_sends_one_row_per_group(edge: Edge) -> None:
+    bearer = user_token(edge, "admin")
+    groups = [G2, G1, G_UNASSIGNED]
+    body = {"group_jids": groups, "content": "duyuru", "client_msg_id": str(uuid.uuid4())}
+    answer = call(edge, body, bearer)
+    assert answer.status == 202
+    rows = answer.body
+    assert [r["group_jid"] for r in rows] == groups
+    assert {r["sender_id"] for r in rows} == {str(edge.data.admin)}
+    assert len({r["batch_id"] for r in rows}) == 1 and rows[0]["batch_id"] is not None
+    again = call(edge, body, bearer)
+    assert (again.status, [r["id"] for r in again.body]) == (202, [r["id"] for r in rows])
+
+
+def test_fan_out_is_all_or_nothing(edge: Edge) -> None:
+    before = message_count(edge)
+    answer = call(edge, {"group_jids": [G1, G2], "content": "x"}, user_token(edge, "employee"))
+    assert answer.status == 424
+    query = "select send_to_groups(%s, %s)"
+    assert answer.body == postgrest_body(edge, "employee", query, [[G1, G2], "x"])
+    assert [g["group_jid"] for g in json.loads(answer.body["details"])] == [G2]
+    assert message_count(edge) == before
+    # send_to_groups has no reply_to: refused before the database.
+    reply = call(edge, {"group_jids": [G1], "content": "x", "reply_to": str(edge.data.m1)}, None)
+    assert reply.status == 401
+    reply = call(
+        edge,
+        {"group_jids": [G1], "content": "x", "reply_to": str(edge.data.m1)},
+        user_token(edge, "employee"),
+    )
+    assert (reply.status, reply.body["message"]) == (400, "Unknown field: reply_to")
 
 
 def test_a_bad_uuid_is_postgresqls_error(edge: Edge) -> None:
@@ -278,11 +330,11 @@ def test_a_bad_uuid_is_postgresqls_error(edge: Edge) -> None:
 
 
 def test_the_sender_quota_is_429_with_its_hint(edge: Edge) -> None:
-    bearer = user_token(edge, "admin")
+    bearer = user_token(edge, "impostor")  # the one persona no other test sends as
     edge.conn.execute("update send_limits set sender_per_minute = 1")
     try:
-        assert call(edge, {"group_jid": G2, "content": "bir"}, bearer).status == 202
-        answer = call(edge, {"group_jid": G2, "content": "iki"}, bearer)
+        assert call(edge, {"group_jid": G1, "content": "bir"}, bearer).status == 202
+        answer = call(edge, {"group_jid": G1, "content": "iki"}, bearer)
     finally:
         edge.conn.execute("update send_limits set sender_per_minute = default")
     assert answer.status == 429

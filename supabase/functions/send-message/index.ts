@@ -16,17 +16,22 @@ import {
   type JWTVerifyGetKey,
 } from "jose";
 
-// The parameters each SQL function takes, with their SQL types; nothing else is passed on.
-const COMMON: Record<string, string> = {
+// The parameters of public.send_message and public.send_to_groups (named by these keys) with
+// their SQL types; a field of the body that is none of them is refused.
+const COMMON = {
   content: "text",
   client_msg_id: "uuid",
   attachment_bucket: "text",
   attachment_path: "text",
-  mentions: "text[]",
   send_at: "timestamptz",
 };
-const ONE_GROUP = { group_jid: "text", ...COMMON, reply_to: "uuid" };
-const MANY_GROUPS = { group_jids: "text[]", ...COMMON };
+const ONE_GROUP: Record<string, string> = {
+  group_jid: "text",
+  ...COMMON,
+  reply_to: "uuid",
+  mentions: "text[]",
+};
+const MANY_GROUPS: Record<string, string> = { group_jids: "text[]", ...COMMON };
 
 // The roles PostgREST lets a Supabase JWT take; any other role claim is refused.
 const ROLES = new Set(["anon", "authenticated", "service_role"]);

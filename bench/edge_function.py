@@ -1,6 +1,7 @@
 """The send-message Edge Function under Deno against calling send_message over SQL, at the same
-concurrency, in one run, alternating rounds; prints JSON (requests/s and p99 latency, medians
-of the rounds).
+concurrency, in one run, alternating rounds; prints JSON: requests/s and p99 latency (medians
+of the rounds) and the CPU time the function itself spends per request (Deno shares the two
+cores with PostgreSQL: that is what the function costs the database's throughput).
 
 Load: wrk (Debian's package, C, one thread) posts to the function on loopback; pgbench runs the
 RPC as PostgREST does (send_message_throughput.py's script, one round trip per call). Both keep
@@ -113,14 +114,32 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(base: str, script: Path, seconds: int, connections: int) -> tuple[float, float]:
+def wrk(base: str, script: Path, seconds: int, connections: int) -> tuple[float, float, int]:
+    """Requests per second, the p99 latency in ms and the number of requests."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
     done = subprocess.run([*command, base], capture_output=True, text=True, check=False)
     rate = re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)
     p99 = re.search(r"^\s+99%\s+(\S+)", done.stdout, re.MULTILINE)
-    if done.returncode != 0 or rate is None or p99 is None or "Non-2xx" in done.stdout:
+    count = re.search(r"(\d+) requests in", done.stdout)
+    if done.returncode != 0 or not (rate and p99 and count) or "Non-2xx" in done.stdout:
         raise SystemExit(f"wrk failed:\n{done.stdout}\n{done.stderr}")
-    return float(rate.group(1)), to_ms(p99.group(1))
+    return float(rate.group(1)), to_ms(p99.group(1)), int(count.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def edge_run(
+    server: subprocess.Popen, base: str, script: Path, seconds: int, connections: int
+) -> tuple[float, float, float]:
+    """wrk's figures and the function's own CPU time per request, in microseconds: what the
+    function adds to each call on the machine's cores."""
+    before = cpu_seconds(server.pid)
+    rate, p99, count = wrk(base, script, seconds, connections)
+    return rate, p99, (cpu_seconds(server.pid) - before) / count * 1e6
 
 
 def pgbench(url: str, seconds: int, clients: int) -> tuple[float, float]:
@@ -145,9 +164,9 @@ def pgbench(url: str, seconds: int, clients: int) -> tuple[float, float]:
 
 def summary(runs: list[tuple[float, float]]) -> dict:
     return {
-        "requests_per_s": round(statistics.median(r for r, _ in runs), 1),
-        "p99_ms": round(statistics.median(p for _, p in runs), 2),
-        "runs": [{"requests_per_s": r, "p99_ms": round(p, 2)} for r, p in runs],
+        "requests_per_s": round(statistics.median(r[0] for r in runs), 1),
+        "p99_ms": round(statistics.median(r[1] for r in runs), 2),
+        "runs": [{"requests_per_s": r[0], "p99_ms": round(r[1], 2)} for r in runs],
     }
 
 
@@ -163,7 +182,7 @@ def main() -> None:
     tokens = [
         hs256({"sub": str(e), "role": "authenticated", "exp": expiry}, secret) for e in EMPLOYEES
     ]
-    edge_runs: list[tuple[float, float]] = []
+    edge_runs: list[tuple[float, float, float]] = []
     sql_runs: list[tuple[float, float]] = []
     with bench_database("wa_bench_edge") as database, tempfile.TemporaryDirectory() as folder:
         prepare(database.url)
@@ -177,7 +196,10 @@ def main() -> None:
             pgbench(database.url, warm_up, args.connections)
             for round_no in range(args.rounds):
                 order = [
-                    (lambda: wrk(base, script, args.seconds, args.connections), edge_runs),
+                    (
+                        lambda: edge_run(server, base, script, args.seconds, args.connections),
+                        edge_runs,
+                    ),
                     (lambda: pgbench(database.url, args.seconds, args.connections), sql_runs),
                 ]
                 # Alternate which goes first, so table growth and noise fall on both alike.
@@ -187,6 +209,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=10)
     edge, sql = summary(edge_runs), summary(sql_runs)
+    edge["function_cpu_us_per_request"] = round(statistics.median(r[2] for r in edge_runs), 1)
     ratio = edge["requests_per_s"] / sql["requests_per_s"]
     report = {
         "benchmark": "send-message Edge Function vs send_message over SQL",

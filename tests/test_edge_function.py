@@ -321,6 +321,19 @@ def test_fan_out_is_all_or_nothing(edge: Edge) -> None:
     assert (reply.status, reply.body["message"]) == (400, "Unknown field: reply_to")
 
 
+def test_any_text_arrives_exactly(edge: Edge) -> None:
+    """The body reaches PostgreSQL as a quoted literal: quotes, backslashes and the like are
+    text, never SQL."""
+    bearer = user_token(edge, "employee")
+    content = "O'Brien \\ \\' '' $$ E'x' \"q\" \\u0041 😀\n'); delete from messages; --"
+    answer = call(edge, {"group_jid": G1, "content": content}, bearer)
+    assert answer.status == 202
+    stored = edge.conn.execute("select content from messages where id = %s", [answer.body["id"]])
+    assert stored.fetchone()[0] == content
+    nul = call(edge, {"group_jid": G1, "content": "a\u0000b"}, bearer)
+    assert (nul.status, nul.body["code"]) == (400, "22P05")
+
+
 def test_a_bad_uuid_is_postgresqls_error(edge: Edge) -> None:
     body = {"group_jid": G1, "content": "x", "client_msg_id": "not-a-uuid"}
     answer = call(edge, body, user_token(edge, "employee"))

@@ -144,8 +144,9 @@ async function authenticate(req: Request): Promise<JWTPayload | Response> {
 }
 
 // A string as an SQL literal: E'' with backslashes and quotes doubled reads the same whatever
-// standard_conforming_strings says (libpq's PQescapeLiteral rule). Only JSON.stringify's output
-// is quoted, and it has no NUL.
+// standard_conforming_strings says (libpq's PQescapeLiteral rule). What is quoted here is a
+// whitelisted role or JSON.stringify's output, which has no NUL (a NUL in a string is the
+// escape \u0000, which PostgreSQL's json_to_record refuses).
 function literal(text: string): string {
   return `E'${text.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
@@ -167,15 +168,14 @@ function requestSql(
   const columns = fields.map((f) => `${f} ${types[f]}`).join(", ");
   const args = fields.map((f) => `${f} => a.${f}`).join(", ");
   const from = `json_to_record(${literal(body)}::json) as a(${columns})`;
+  const call = many
+    ? `select coalesce(json_agg(m), '[]')::text as body
+       from ${from}, public.send_to_groups(${args}) as m`
+    : `select to_json(m)::text as body from ${from}, public.send_message(${args}) as m`;
   return `select set_config('role', ${literal(claims.role as string)}, true),
                  set_config('request.jwt.claims', ${jwt}, true),
                  set_config('request.jwt.claim.sub', coalesce(${jwt}::json ->> 'sub', ''), true);
-          ${
-    many
-      ? `select coalesce(json_agg(m), '[]')::text as body
-         from ${from}, public.send_to_groups(${args}) as m`
-      : `select to_json(m)::text as body from ${from}, public.send_message(${args}) as m`
-  }`;
+          ${call}`;
 }
 
 // PostgREST's mapping of SQLSTATEs to HTTP statuses, for the codes a function call can raise:

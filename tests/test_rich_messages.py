@@ -4,6 +4,7 @@ send_to_groups fan-out, and the `details` the poller's take returns. Each refusa
 SQLSTATE and nothing written; each function as every persona."""
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -757,3 +758,121 @@ def test_the_new_columns_are_read_as_the_rows_are(conn, world):
             acting_as(conn, "wa_poller", world),
         ):
             conn.execute(f"update messages set {column} = null")
+
+
+def test_racing_fan_outs_with_one_key_make_one_batch(db_url, conn, world):
+    key = uuid.uuid4()
+    callers = 20
+    barrier = threading.Barrier(callers)
+    batches: list[list[uuid.UUID]] = []
+    errors: list[BaseException] = []
+    claims = json.dumps(world.claims("admin"))
+
+    def call() -> None:
+        try:
+            with psycopg.connect(db_url) as c:  # one transaction, committed on exit
+                c.execute("set local role authenticated")
+                c.execute("select set_config('request.jwt.claims', %s, true)", [claims])
+                barrier.wait(timeout=60)
+                rows = c.execute(
+                    "select id from send_to_groups(%s, 'yarış', %s)", [[G1, G2], key]
+                ).fetchall()
+                batches.append([r[0] for r in rows])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(batches) == callers and len({tuple(b) for b in batches}) == 1
+    assert counts(conn)[1] == 2  # one job per group
+
+
+def test_a_cancel_and_a_promotion_of_the_same_message_never_both_win(db_url, conn, world):
+    """The cancel holds the row: the take skips it (and queues nothing), then it is canceled."""
+    row = send_as(conn, "employee", world, G1, "yarış", send_at=future(60))
+    fall_due(conn, row["id"], 1)
+    with psycopg.connect(db_url) as canceler:
+        canceler.execute("set local role authenticated")
+        canceler.execute(
+            "select set_config('request.jwt.claims', %s, true)",
+            [json.dumps(world.claims("employee"))],
+        )
+        canceler.execute("select cancel_message(%s)", [row["id"]])
+        assert take(conn, world) == []  # not waiting: skipped
+        canceler.commit()
+    assert status_of(conn, row["id"]) == "canceled"
+    assert take(conn, world) == [] and jobs(conn) == []
+
+
+def test_quotas_count_at_the_call(conn, world):
+    """The per-minute quota counts a scheduled message when it is written; the group quota
+    counts what waits in the queue, so a scheduled one counts once it falls due. (The seed's
+    message in G1 is the employee's, written just now.)"""
+    with acting_as(conn, "admin", world, commit=True):
+        conn.execute("update send_limits set sender_per_minute = 3, group_pending = 1")
+    send_as(conn, "employee", world, G1, "plan 1", send_at=future(60))
+    send_as(conn, "employee", world, G1, "şimdi")  # the group's one waiting message
+    assert refusal(lambda: send_as(conn, "employee", world, G1, "üçüncü")).sqlstate == "PT429"
+    with acting_as(conn, "admin", world, commit=True):
+        conn.execute("update send_limits set sender_per_minute = 10")
+    send_as(conn, "employee", world, G1, "plan 2", send_at=future(60))  # not waiting: accepted
+    error = refusal(lambda: send_as(conn, "employee", world, G1, "yine şimdi"))
+    assert error.sqlstate == "PT429" and "waiting" in error.diag.message_primary
+
+
+def test_policies_for_public_and_for_all_commands_apply_too(conn, world):
+    conn.execute('drop policy "Users can read their own claim files" on storage.objects')
+    conn.execute(
+        'create policy "Everyone can manage the 2026 folder" on storage.objects for all '
+        "to public using (name like '2026/%')"
+    )
+    row = send_as(
+        conn, "other_employee", world, G2, "ek", attachment_bucket="claims",
+        attachment_path="2026/policy.pdf",
+    )  # fmt: skip
+    assert row["attachment_kind"] == "document"
+    # The restrictive policy still applies.
+    conn.execute(
+        "update storage.objects set name = 'quarantine/policy.pdf' where name = '2026/policy.pdf'"
+    )
+    conn.execute(
+        'create policy "Everyone can read quarantine names" on storage.objects for select '
+        "to public using (true)"
+    )
+    error = refusal(
+        lambda: send_as(
+            conn,
+            "other_employee",
+            world,
+            G2,
+            "ek",
+            attachment_bucket="claims",
+            attachment_path="quarantine/policy.pdf",
+        )
+    )
+    assert error.sqlstate == "PT404"
+
+
+def test_a_retry_returns_its_rows_after_a_group_turned_read_only(conn, world):
+    key = uuid.uuid4()
+    first = send_to_groups_as(conn, "admin", world, [G1, G2], "duyuru", key)
+    conn.execute(
+        "update whatsapp_groups set is_readonly = true, readonly_reason = 'announce-only' "
+        "where jid = %s",
+        [G2],
+    )
+    again = send_to_groups_as(conn, "admin", world, [G1, G2], "duyuru", key)
+    assert [r["id"] for r in again] == [r["id"] for r in first]
+    single = uuid.uuid4()
+    row = send_as(conn, "employee", world, G1, "ek", single, attachment_bucket="claims",
+                  attachment_path="2026/photo.jpg")  # fmt: skip
+    conn.execute("delete from storage.objects where name = '2026/photo.jpg'")
+    again_single = send_as(
+        conn, "employee", world, G1, "ek", single, attachment_bucket="claims",
+        attachment_path="2026/photo.jpg",
+    )  # fmt: skip
+    assert again_single["id"] == row["id"]

@@ -513,6 +513,7 @@ declare
   v_refusal record;
   v_mentions jsonb;
   v_attachment private.attachment;
+  v_pending_limit integer;
   v_msg public.messages;
 begin
   if v_uid is null then
@@ -567,9 +568,10 @@ begin
   -- Quotas, at the time of the call (a scheduled message counts for its sender now, and for
   -- its group once it waits in the queue).
   perform private.check_sender_quota(v_uid, 1);
-  if p_send_at is null and private.group_is_full(p_group_jid, (select l.group_pending from public.send_limits l)) then
-    raise exception 'group % has % messages waiting to be sent (at most %)', p_group_jid,
-                    (select l.group_pending from public.send_limits l), (select l.group_pending from public.send_limits l)
+  v_pending_limit := (select l.group_pending from public.send_limits l);
+  if p_send_at is null and private.group_is_full(p_group_jid, v_pending_limit) then
+    raise exception 'group % has % messages waiting to be sent (at most %)',
+                    p_group_jid, v_pending_limit, v_pending_limit
       using errcode = 'PT429', hint = 'Retry once some of them have been sent.';
   end if;
 

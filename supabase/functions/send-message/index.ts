@@ -3,9 +3,10 @@
 // PostgREST's HTTP statuses and error bodies. Answers 202 with the row or the rows.
 //
 // Env: SUPABASE_DB_URL (given to every Edge Function; here used as `postgres`, which may take
-// the API roles), SUPABASE_JWT_SECRET (HS256 tokens) and/or SUPABASE_JWKS (the project's key
-// set, given to Edge Functions on hosted Supabase: ES256/RS256 tokens), PORT and HOST when run
-// with `deno run` (the Supabase runtime chooses its own).
+// the API roles), SUPABASE_JWT_SECRET or JWT_SECRET (HS256 tokens) and/or SUPABASE_JWKS (the
+// project's key set, given to Edge Functions on hosted Supabase: ES256/RS256 tokens),
+// SEND_MESSAGE_POOL_SIZE (database connections, 16), and PORT and HOST when run with
+// `deno run` (the Supabase runtime chooses its own).
 import postgres from "postgres";
 import {
   createLocalJWKSet,
@@ -43,7 +44,10 @@ const PATHS = new Set([
 
 const dbUrl = Deno.env.get("SUPABASE_DB_URL");
 if (!dbUrl) throw new Error("SUPABASE_DB_URL is not set");
-const verifyKey = jwtKey(Deno.env.get("SUPABASE_JWT_SECRET"), Deno.env.get("SUPABASE_JWKS"));
+// Hosted Supabase refuses secrets named SUPABASE_*: there the HS256 secret goes in JWT_SECRET
+// (the name self-hosted Supabase uses).
+const secret = Deno.env.get("SUPABASE_JWT_SECRET") ?? Deno.env.get("JWT_SECRET");
+const verifyKey = jwtKey(secret, Deno.env.get("SUPABASE_JWKS"));
 
 const sql = postgres(dbUrl, {
   max: Number(Deno.env.get("SEND_MESSAGE_POOL_SIZE") ?? 16),

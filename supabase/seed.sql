@@ -30,3 +30,23 @@ insert into public.group_assignments (group_jid, employee_group_id)
 select jid, '00000000-0000-4000-8000-00000000b001' from public.whatsapp_groups
 where session_id = '00000000-0000-4000-8000-00000000c001'
 on conflict (group_jid, employee_group_id) do nothing;
+
+-- Storage for attachments: a private bucket `claims` whose objects are filed under their
+-- group's JID (`<group jid>/<file>`), readable by the teams the group is assigned to (and so
+-- sendable by them with send_message's attachment_bucket/attachment_path).
+insert into storage.buckets (id, name, public)
+values ('claims', 'claims', false)
+on conflict (id) do nothing;
+
+do $$
+begin
+  if not exists (select 1 from pg_policies
+                 where schemaname = 'storage' and tablename = 'objects'
+                   and policyname = 'Teams can read the claim files of their groups') then
+    create policy "Teams can read the claim files of their groups" on storage.objects
+      for select to authenticated
+      using (bucket_id = 'claims'
+             and split_part(name, '/', 1) in (select private.my_group_jids()));
+  end if;
+end
+$$;

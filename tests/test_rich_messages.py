@@ -876,3 +876,36 @@ def test_a_retry_returns_its_rows_after_a_group_turned_read_only(conn, world):
         attachment_path="2026/photo.jpg",
     )  # fmt: skip
     assert again_single["id"] == row["id"]
+
+
+def test_the_seeds_claims_bucket_lets_a_team_send_its_groups_files(conn, postgres_conn):
+    """supabase/seed.sql (applied as `postgres`, as `db reset` does) files each group's
+    attachments under its JID; the teams of the group read them, the others do not."""
+    from poller.resources import PROJECT_ROOT
+
+    postgres_conn.execute((PROJECT_ROOT / "supabase" / "seed.sql").read_text())
+    employee = uuid.UUID("00000000-0000-4000-8000-00000000e001")
+    conn.execute(
+        "insert into storage.objects (bucket_id, name, metadata) values "
+        "('claims', '120363000000000101@g.us/police.pdf', "
+        '\'{"size": 1000, "mimetype": "application/pdf"}\')'
+    )
+    claims = {"sub": str(employee), "role": "authenticated", "app_metadata": {}}
+
+    def send(group: str, path: str) -> str:
+        with conn.transaction(force_rollback=True):
+            conn.execute("set local role authenticated")
+            conn.execute("select set_config('request.jwt.claims', %s, true)", [json.dumps(claims)])
+            try:
+                conn.execute(
+                    "select send_message(%s, 'Poliçeniz', attachment_bucket => 'claims', "
+                    "attachment_path => %s)",
+                    [group, path],
+                )
+                return "ok"
+            except psycopg.Error as error:
+                return error.sqlstate
+
+    assert send("120363000000000101@g.us", "120363000000000101@g.us/police.pdf") == "ok"
+    conn.execute("delete from group_assignments where group_jid = '120363000000000101@g.us'")
+    assert send("120363000000000102@g.us", "120363000000000101@g.us/police.pdf") == "PT404"

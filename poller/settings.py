@@ -1,8 +1,12 @@
 """Settings from the environment (prefix WA_); every one is documented in .env.example."""
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
+import orjson
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +27,48 @@ def host_port(addr: str) -> tuple[str, int]:
             "or :9464 for every interface)"
         )
     return host, int(port)
+
+
+def storage_url_problem(url: str) -> str | None:
+    """Why `url` is not a project URL (scheme and host, nothing after), or None."""
+    try:
+        parts = urlsplit(url)
+        valid = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and parts.port != 0
+            and parts.path in ("", "/")
+            and not (parts.query or parts.fragment)
+        )
+    except ValueError:  # a port that is not a number up to 65535
+        valid = False
+    if valid:
+        return None
+    return (
+        "should be the project's URL, https://<ref>.supabase.co (http://127.0.0.1:54321 for "
+        "`supabase start`), without /storage/v1"
+    )
+
+
+def key_role_problem(key: str) -> str | None:
+    """Why `key` cannot be the service role key, or None: a publishable key, or a JWT whose
+    role is another (the anon key: Storage would show it only public objects)."""
+    if key.startswith("sb_publishable_"):
+        return (
+            "should be a secret key (sb_secret_...) or the service_role JWT, not a publishable key"
+        )
+    head, _, rest = key.partition(".")
+    payload, _, signature = rest.partition(".")
+    if not (head and payload and signature):
+        return None  # not a JWT: a secret key, which only the server can check
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):
+        return "should be the service_role JWT: this one does not decode"
+    role = claims.get("role") if isinstance(claims, dict) else None
+    if role != "service_role":
+        return f"should be the service_role key: this JWT's role is {role!r}"
+    return None
 
 
 class Settings(BaseSettings):
@@ -102,10 +148,31 @@ class Settings(BaseSettings):
             host_port(value)
         return value or None  # empty, as .env.example leaves it: off
 
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value and (problem := storage_url_problem(value)):
+            raise ValueError(problem)
+        return value or None
+
+    @field_validator("service_role_key")
+    @classmethod
+    def _service_role_key(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None  # a pasted key often ends in a newline
+        if value and (problem := key_role_problem(value)):
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":
         if self.lease_ttl < 2 * self.heartbeat_interval:
             raise ValueError("WA_LEASE_TTL must be at least twice WA_HEARTBEAT_INTERVAL")
+        return self
+
+    @model_validator(mode="after")
+    def _storage_needs_both(self) -> "Settings":
+        if (self.storage_url is None) != (self.service_role_key is None):
+            raise ValueError("WA_STORAGE_URL and WA_SERVICE_ROLE_KEY go together (or neither)")
         return self
 
     # WhatsApp through neonize
@@ -124,6 +191,17 @@ class Settings(BaseSettings):
     )
     proxy_url: str | None = Field(default=None, description="socks5:// or http:// proxy")
     stop_timeout: float = Field(default=10.0, gt=0, description="neonize stop() watchdog, s")
+
+    # Attachments, fetched from Supabase Storage
+    storage_url: str | None = Field(
+        default=None, description="the project's URL; Storage is its /storage/v1; unset: none"
+    )
+    service_role_key: str | None = Field(
+        default=None, description="the key the poller reads Storage with (bypasses its RLS)"
+    )
+    storage_timeout: float = Field(
+        default=60.0, gt=0, description="seconds one download from Storage may take"
+    )
 
     # Simulated WhatsApp
     sim_latency_ms: float = Field(default=50.0, ge=0)
@@ -146,6 +224,9 @@ class Settings(BaseSettings):
     )
 
 
+# Settings whose value an error never shows.
+_SECRET = {"service_role_key"}
+
 # pydantic's wording for these says what failed, not what is allowed.
 _ALLOWED = {
     "bool_parsing": "should be true or false",
@@ -165,8 +246,9 @@ def load_settings() -> Settings:
             allowed = _ALLOWED.get(error["type"]) or error["msg"].removeprefix("Value error, ")
             allowed = allowed.replace("Input should", "should")
             if error["loc"]:
-                value = masked(str(error["input"]))
-                problems.append(f"WA_{str(error['loc'][0]).upper()}={value!r}: {allowed}")
+                name = str(error["loc"][0])
+                value = "***" if name in _SECRET else masked(str(error["input"]))
+                problems.append(f"WA_{name.upper()}={value!r}: {allowed}")
             else:  # a rule across settings names them itself
                 problems.append(allowed)
         raise ConfigError("invalid setting: " + "; ".join(problems)) from None

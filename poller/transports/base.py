@@ -36,6 +36,7 @@ class ConnectionState(StrEnum):
 class ReceiptKind(StrEnum):
     DELIVERED = "delivered"
     READ = "read"
+    RETRY = "retry"  # the participant could not decrypt the message and asked for it again
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ class EventSink(Protocol):
 
     def let_go(self, session_id: uuid.UUID, reason: str) -> None:
         """Another client took the account (StreamReplaced): stop holding this session."""
+
+    def session_event(
+        self, session_id: uuid.UUID, kind: str, reason: str | None, until: datetime | None
+    ) -> None:
+        """What WhatsApp said about the session, for admins (public.session_events): kind
+        temporary_ban (`until` its end), client_outdated, keepalive_timeout or
+        keepalive_restored."""
 
 
 class SessionClient(ABC):

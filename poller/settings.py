@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     rate_per_minute: float = Field(default=20.0, ge=0, description="0 = unlimited")
     rate_burst: int = Field(default=1, ge=1)
     rate_jitter: float = Field(default=0.3, ge=0, le=1)
+    typing_ms: float = Field(
+        default=0.0, ge=0, le=20_000, description="'typing…' shown this long before a send; 0: off"
+    )
 
     group_sync_interval: float = Field(
         default=600.0, gt=0, description="seconds between full group syncs"

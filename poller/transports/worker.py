@@ -232,6 +232,14 @@ class WorkerClient(SessionClient):
         elif event == "let_go":
             self._ended = True
             self.sink.let_go(sid, message["reason"])
+        elif event == "session_event":
+            until = message["until"]
+            self.sink.session_event(
+                sid,
+                message["kind"],
+                message["reason"],
+                datetime.fromisoformat(until) if until else None,
+            )
 
     async def _call(self, op: str, **args: Any) -> Any:
         if not self._connected or self._writer is None:

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import uuid
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -80,6 +81,11 @@ class PipeSink:
 
     def let_go(self, session_id: uuid.UUID, reason: str) -> None:
         self.send("let_go", reason=reason)
+
+    def session_event(
+        self, session_id: uuid.UUID, kind: str, reason: str | None, until: datetime | None
+    ) -> None:
+        self.send("session_event", kind=kind, reason=reason, until=until)
 
 
 async def answer(client: SessionClient, sink: PipeSink, call: dict[str, Any]) -> None:

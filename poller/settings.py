@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     )
     proxy_url: str | None = Field(default=None, description="socks5:// or http:// proxy")
     stop_timeout: float = Field(default=10.0, gt=0, description="neonize stop() watchdog, s")
+    bot_tag: bool = Field(
+        default=False, description="let neonize tag 1:1 messages as a bot's (NEONIZE_BOT_TAG)"
+    )
 
     # Attachments, fetched from Supabase Storage
     storage_url: str | None = Field(

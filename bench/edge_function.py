@@ -133,13 +133,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def edge_run(
-    server: subprocess.Popen, base: str, script: Path, seconds: int, connections: int
+    db_url: str, secret: str, script: Path, seconds: int, connections: int
 ) -> tuple[float, float, float]:
-    """wrk's figures and the function's own CPU time per request, in microseconds: what the
+    """One round through a function started for it, with a pool of new connections (pgbench
+    too connects anew at each run: send_message slows down on a connection that has made
+    thousands of calls, and both sides should pay that alike); after a warm-up for V8's JIT.
+    wrk's figures and the function's own CPU time per request in microseconds: what the
     function adds to each call on the machine's cores."""
-    before = cpu_seconds(server.pid)
-    rate, p99, count = wrk(base, script, seconds, connections)
-    return rate, p99, (cpu_seconds(server.pid) - before) / count * 1e6
+    server, base = start_function(db_url, secret, connections)
+    try:
+        wrk(base, script, 1, connections)
+        before = cpu_seconds(server.pid)
+        rate, p99, count = wrk(base, script, seconds, connections)
+        return rate, p99, (cpu_seconds(server.pid) - before) / count * 1e6
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def pgbench(url: str, seconds: int, clients: int) -> tuple[float, float]:
@@ -188,26 +197,15 @@ def main() -> None:
         prepare(database.url)
         script = Path(folder) / "send.lua"
         script.write_text(wrk_script(tokens))
-        server, base = start_function(database.url, secret, args.connections)
-        try:
-            # Warm both paths up (V8's JIT, the pools, caches) before measuring.
-            warm_up = min(2, args.seconds)
-            wrk(base, script, warm_up, args.connections)
-            pgbench(database.url, warm_up, args.connections)
-            for round_no in range(args.rounds):
-                order = [
-                    (
-                        lambda: edge_run(server, base, script, args.seconds, args.connections),
-                        edge_runs,
-                    ),
-                    (lambda: pgbench(database.url, args.seconds, args.connections), sql_runs),
-                ]
-                # Alternate which goes first, so table growth and noise fall on both alike.
-                for run, results in order if round_no % 2 == 0 else reversed(order):
-                    results.append(run())
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        url = database.url
+        for round_no in range(args.rounds):
+            order = [
+                (lambda: edge_run(url, secret, script, args.seconds, args.connections), edge_runs),
+                (lambda: pgbench(url, args.seconds, args.connections), sql_runs),
+            ]
+            # Alternate which goes first, so table growth and noise fall on both alike.
+            for run, results in order if round_no % 2 == 0 else reversed(order):
+                results.append(run())
     edge, sql = summary(edge_runs), summary(sql_runs)
     edge["function_cpu_us_per_request"] = round(statistics.median(r[2] for r in edge_runs), 1)
     ratio = edge["requests_per_s"] / sql["requests_per_s"]

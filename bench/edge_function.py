@@ -135,11 +135,12 @@ def cpu_seconds(pid: int) -> float:
 def edge_run(
     db_url: str, secret: str, script: Path, seconds: int, connections: int
 ) -> tuple[float, float, float]:
-    """One round through a function started for it, with a pool of new connections (pgbench
-    too connects anew at each run: send_message slows down on a connection that has made
-    thousands of calls, and both sides should pay that alike); after a warm-up for V8's JIT.
-    wrk's figures and the function's own CPU time per request in microseconds: what the
-    function adds to each call on the machine's cores."""
+    """One round through a function started for it, with a pool of new connections, as pgbench
+    connects anew at each run: a connection that has been calling send_message since the table
+    was empty keeps plans made for an empty table (a whole scan of messages for the scheduled
+    check) until autovacuum analyzes it, and both sides should pay that alike. After a warm-up
+    for V8's JIT. Returns wrk's figures and the function's own CPU time per request in
+    microseconds: what the function adds to each call on the machine's cores."""
     server, base = start_function(db_url, secret, connections)
     try:
         wrk(base, script, 1, connections)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from poller.outgoing import OutgoingMessage
 from poller.transports.base import SendResult
 
 
@@ -20,7 +21,7 @@ class Job:
     message_id: uuid.UUID
     group_jid: str
     session_id: uuid.UUID
-    content: str
+    message: OutgoingMessage  # what goes out: text, attachment, reply, mentions
     attempts: int
     leased_until: float  # monotonic time our queue lease is known to last until
 

@@ -16,7 +16,13 @@ from poller.jobs import Failed, GiveBack, Job, Outcome, Retry, Sent, Why
 from poller.outcomes import OutcomeWriter
 from poller.sessions import SessionManager
 from poller.settings import Settings
-from poller.transports.base import NotConnected, PermanentSendError, TransientSendError
+from poller.transports.base import (
+    NotConnected,
+    PermanentSendError,
+    SendError,
+    SessionClient,
+    TransientSendError,
+)
 from poller.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ class Lane:
         writer: OutcomeWriter,
         backoff: Backoff,
         max_attempts: int,
+        typing: float,
         stop: asyncio.Event,
     ) -> None:
         self.jid = jid
@@ -41,6 +48,7 @@ class Lane:
         self._writer = writer
         self._backoff = backoff
         self._max_attempts = max_attempts
+        self._typing = typing  # seconds of "typing…" before each send; 0: none
         self._stop = stop
 
     async def run(self) -> None:
@@ -80,7 +88,9 @@ class Lane:
         if client is None:
             return GiveBack(job, Why.SESSION_DOWN)
         try:
-            result = await client.send_text(self.jid, job.content, job.message_id)
+            if self._typing:
+                await self._show_typing(client)
+            result = await client.send(job.message)
         except NotConnected:
             # The client said connected, WhatsApp did not take it: a moment before the next
             # look, so that a client between the two does not spin the lane.
@@ -93,6 +103,14 @@ class Lane:
                 log.exception("unexpected error sending %s; retrying", job.message_id)
             return self._retry(job, exc)
         return Sent(job, result)
+
+    async def _show_typing(self, client: SessionClient) -> None:
+        try:
+            await client.typing(self.jid)
+        except SendError as exc:  # a presence is a courtesy: the send goes on without it
+            log.info("typing presence in %s not shown: %s", self.jid, exc)
+            return
+        await asyncio.sleep(self._typing)
 
     def _retry(self, job: Job, exc: Exception) -> Retry | Failed:
         attempts = job.attempts + 1
@@ -132,6 +150,7 @@ class Lanes:
         self._wakeup = wakeup
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._max_attempts = settings.max_attempts
+        self._typing = settings.typing_ms / 1000
         self._stop = stop
         self._lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -145,6 +164,7 @@ class Lanes:
                 self._writer,
                 self._backoff,
                 self._max_attempts,
+                self._typing,
                 self._stop,
             )
             self._lanes[job.group_jid] = lane

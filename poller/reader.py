@@ -13,6 +13,7 @@ from collections.abc import Callable
 from poller.db import Database, Row
 from poller.jobs import Held, Job
 from poller.lanes import Lanes
+from poller.outgoing import needs_participants, outgoing
 from poller.sessions import SessionManager
 from poller.settings import Settings
 from poller.wakeup import Wakeup
@@ -67,7 +68,7 @@ class Reader:
                     "ttl": settings.message_ttl,
                 },
             )
-            got = self._admit(rows, read_at + settings.visibility_timeout)
+            got = await self._admit(rows, read_at + settings.visibility_timeout)
             if qty <= 0 or not any(room > 0 for room in rooms):
                 # No room to read (the take still expired what is due): arming would only make
                 # the next insert pay for a NOTIFY that no read follows.
@@ -80,22 +81,31 @@ class Reader:
             else:
                 await self._wakeup.idle(got)
 
-    def _admit(self, rows: list[Row], leased_until: float) -> int:
+    async def _admit(self, rows: list[Row], leased_until: float) -> int:
         """Hold the jobs the take returned and hand them to their lanes; how many were new."""
-        new = 0
+        rows = [row for row in rows if row["msg_id"] not in self._held]  # else: lease renewed
+        mentioning = {row["group_jid"] for row in rows if needs_participants(row["details"])}
+        participants: dict[str, list[dict]] = {}
+        if mentioning:
+            found = await self._db.fetch("group_participants", {"jids": sorted(mentioning)})
+            participants = {g["jid"]: g["participants"] or [] for g in found}
         for row in rows:
-            if row["msg_id"] in self._held:
-                continue  # ours already (its lease had lapsed): the read only renewed it
+            message = outgoing(
+                row["group_jid"],
+                row["content"],
+                row["message_id"],
+                row["details"],
+                participants.get(row["group_jid"], []),
+            )
             job = Job(
                 row["msg_id"],
                 row["message_id"],
                 row["group_jid"],
                 row["session_id"],
-                row["content"],
+                message,
                 row["attempts"],
                 leased_until,
             )
             self._held.add(job)
             self._lanes.add(job)
-            new += 1
-        return new
+        return len(rows)

@@ -1,14 +1,18 @@
-"""The transport interface: a per-session client that connects, sends text to a group and
-reports connection changes and receipts to an event sink."""
+"""The transport interface: a per-session client that connects, sends messages (text, an
+attachment, a reply, mentions: poller/outgoing.py) to a group and reports connection changes and
+receipts to an event sink."""
 
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from poller.errors import PollerError
+
+if TYPE_CHECKING:  # poller.outgoing imports poller.storage, which imports this module
+    from poller.outgoing import OutgoingMessage
 
 
 class SendError(PollerError):
@@ -112,10 +116,24 @@ class SessionClient(ABC):
     @abstractmethod
     async def stop(self) -> None: ...
 
-    @abstractmethod
-    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+    # A client overrides send() or, sending text only, send_text(): each defaults to the other.
+    async def send(self, message: "OutgoingMessage") -> SendResult:
         """Send; raises NotConnected, TransientSendError or PermanentSendError.
-        `message_id` is ours, for logs and the simulation; WhatsApp chooses its own id."""
+        `message.message_id` is ours; WhatsApp chooses its own id."""
+        if not message.plain:
+            raise PermanentSendError("this transport sends text only")
+        return await self.send_text(message.group_jid, message.content, message.message_id)
+
+    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+        """A text-only send()."""
+        from poller.outgoing import OutgoingMessage
+
+        return await self.send(OutgoingMessage(group_jid, text, message_id))
+
+    async def typing(self, group_jid: str) -> None:
+        """Show "typing…" in the group (WhatsApp's composing presence) until the next send;
+        by default nothing (a transport without presence)."""
+        return None
 
     @abstractmethod
     async def joined_groups(self) -> list[GroupInfo] | None:

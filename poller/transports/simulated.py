@@ -1,13 +1,19 @@
 """A deterministic stand-in for WhatsApp: send latency, failures (transient or permanent) from a
 seeded generator, delivered and read receipts after set delays, disconnects on demand (a file
-named `disconnected`, or `disconnected-<session id>`, in the control folder), and a
-configurable group list.
+named `disconnected`, or `disconnected-<session id>`, in the control folder), one transient
+failure of a message on demand (a file `fail-<message id>` there, used up by that failure), and
+a configurable group list. Attachments are fetched from Storage and "uploaded" (their size and
+SHA-256 taken) once per message, as the real transport does.
 
 Every accepted send is appended to a JSON-lines log with one unbuffered write, so the log holds
-exactly what "WhatsApp" accepted even when the poller is killed a moment later.
+exactly what "WhatsApp" accepted even when the poller is killed a moment later: the message's
+kind (text, image, document), its text or caption, the quoted WhatsApp id, the mentions and the
+attachment's name, type, size and digest. A "typing…" presence is logged as its own line.
 """
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -19,7 +25,9 @@ from pathlib import Path
 
 import orjson
 
+from poller.outgoing import OutgoingMessage
 from poller.settings import Settings
+from poller.storage import MediaCache, StorageFetcher
 from poller.transports.base import (
     ConnectionState,
     EventSink,
@@ -47,6 +55,8 @@ class SimulatedTransport(Transport):
             self._log_fd = os.open(settings.sim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.groups: dict[str, GroupInfo] | None = None
         self.load_groups()
+        self.storage = StorageFetcher(settings)
+        self.media: MediaCache[dict[str, object]] = MediaCache(self.storage.fetch)
 
     def load_groups(self) -> None:
         """(Re)read the group list; the file may change while the poller runs."""
@@ -74,6 +84,7 @@ class SimulatedTransport(Transport):
             os.write(self._log_fd, (json.dumps(entry) + "\n").encode())
 
     async def close(self) -> None:
+        await self.storage.aclose()
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
@@ -128,30 +139,58 @@ class SimulatedClient(SessionClient):
             handle.cancel()
         self._connected = False
 
-    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+    async def typing(self, group_jid: str) -> None:
         if not self._connected:
             raise NotConnected("session is not connected")
+        self.transport.record(
+            {
+                "t": time.time(),
+                "session": str(self.session_id),
+                "group": group_jid,
+                "presence": "composing",
+            }
+        )
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        if not self._connected:
+            raise NotConnected("session is not connected")
+        group_jid = message.group_jid
         groups = self.transport.groups
         if groups is not None and group_jid not in groups:
             raise PermanentSendError(f"group {group_jid} not found")
+        media = None
+        if message.attachment is not None:
+            media = await self.transport.media.media_for(
+                message.message_id, message.attachment, _upload
+            )
         fails = self._rng.random() < self.settings.sim_failure_rate
         if self.settings.sim_latency_ms:
             await asyncio.sleep(self.settings.sim_latency_ms / 1000)
         if not self._connected:  # dropped before WhatsApp took it: nothing went out
             raise NotConnected("connection lost before the send completed")
+        if self._fail_requested(message.message_id):
+            raise TransientSendError("simulated timeout (requested)")
         if fails:
             if self.settings.sim_failure_kind == "permanent":
                 raise PermanentSendError("simulated rejection")
             raise TransientSendError("simulated timeout")
         wa_id = f"3EB0{self._rng.getrandbits(64):016X}"
         now = datetime.now(UTC)
+        attachment = message.attachment
         self.transport.record(
             {
                 "t": time.time(),
                 "session": str(self.session_id),
                 "group": group_jid,
-                "message_id": str(message_id),
+                "message_id": str(message.message_id),
                 "wa_message_id": wa_id,
+                "kind": attachment.kind if attachment else "text",
+                "content": message.content,
+                "quoted": message.reply_to.wa_message_id if message.reply_to else None,
+                "mentions": list(message.mentions),
+                "attachment": None
+                if attachment is None or media is None
+                else {"name": attachment.file_name, "mime_type": attachment.mime_type, **media},
             }
         )
         if self.settings.sim_receipts:
@@ -159,6 +198,15 @@ class SimulatedClient(SessionClient):
             if self.settings.sim_read_after_ms:
                 self._schedule(wa_id, ReceiptKind.READ, self.settings.sim_read_after_ms)
         return SendResult(wa_message_id=wa_id, timestamp=now)
+
+    def _fail_requested(self, message_id: uuid.UUID) -> bool:
+        control = self.settings.sim_control_dir
+        if control is None:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (Path(control) / f"fail-{message_id}").unlink()
+            return True
+        return False
 
     def _schedule(self, wa_id: str, kind: ReceiptKind, after_ms: float) -> None:
         loop = asyncio.get_running_loop()
@@ -181,3 +229,8 @@ class SimulatedClient(SessionClient):
             return None  # no group list configured: every JID is accepted, nothing to sync
         self.transport.load_groups()
         return list(self.transport.groups.values())
+
+
+async def _upload(data: bytes) -> dict[str, object]:
+    """The simulated upload of an attachment: what WhatsApp would be sent, measured."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

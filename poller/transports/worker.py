@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from poller.backoff import Backoff
+from poller.outgoing import OutgoingMessage
 from poller.settings import Settings
 from poller.transports.base import (
     ConnectionState,
@@ -61,6 +62,7 @@ FORKSERVER = multiprocessing.get_context("forkserver")
 PRELOAD = [
     "poller.transports.worker_child",
     "poller.transports.neonize",
+    "poller.transports.neonize_messages",
     "poller.transports.simulated",
     "google.protobuf.message",
     "linkpreview",
@@ -255,9 +257,12 @@ class WorkerClient(SessionClient):
         finally:
             self._calls.pop(call_id, None)
 
-    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
-        result = await self._call("send", group=group_jid, text=text, message_id=str(message_id))
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        result = await self._call("send", message=message.wire())
         return SendResult(result["wa_message_id"], datetime.fromisoformat(result["timestamp"]))
+
+    async def typing(self, group_jid: str) -> None:
+        await self._call("typing", group=group_jid)
 
     async def joined_groups(self) -> list[GroupInfo] | None:
         groups = await self._call("joined_groups")

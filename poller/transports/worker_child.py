@@ -1,9 +1,9 @@
 """A session worker: one session's client of the real transport (settings.transport), driven by
 the poller through a socket (see poller/transports/worker.py), one JSON object a line.
 
-From the poller: calls ({"op": "send" | "joined_groups", "id", ...}). To it: the sink's events
-and the calls' replies ({"event", ...}). It stops on SIGTERM or at the end of the socket (the
-poller is gone), within STOP_GRACE whatever the client does.
+From the poller: calls ({"op": "send" | "typing" | "joined_groups", "id", ...}). To it: the
+sink's events and the calls' replies ({"event", ...}). It stops on SIGTERM or at the end of the
+socket (the poller is gone), within STOP_GRACE whatever the client does.
 """
 
 import asyncio
@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from poller.outgoing import OutgoingMessage
 from poller.settings import Settings
 from poller.transports import make_transport
 from poller.transports.base import (
@@ -92,8 +93,9 @@ async def answer(client: SessionClient, sink: PipeSink, call: dict[str, Any]) ->
     reply: dict[str, Any] = {"id": call["id"]}
     try:
         if call["op"] == "send":
-            message_id = uuid.UUID(call["message_id"])
-            reply["result"] = await client.send_text(call["group"], call["text"], message_id)
+            reply["result"] = await client.send(OutgoingMessage.from_wire(call["message"]))
+        elif call["op"] == "typing":
+            reply["result"] = await client.typing(call["group"])
         else:
             reply["result"] = await client.joined_groups()
     except Exception as exc:

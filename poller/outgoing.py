@@ -1,0 +1,133 @@
+"""What a send carries beyond its text, parsed once from the job's `details` (see
+private.claim_outbound) into the typed message every transport sends: an attachment, the quoted
+message of a reply, and the mentioned participants in the group's own addressing.
+
+Mentions: the job names each participant by phone JID and LID as synced; WhatsApp shows a
+mention only when it is written the way the group addresses its members. A LID-addressed group
+lists its participants by LID (whatsmeow's GroupParticipant.JID is the LID there, the phone JID
+being PhoneNumber), so the synced participants tell the mode (neonize 0.5.2's GroupInfo has no
+AddressingMode). The text's `@<digits>` of a mentioned participant is rewritten to the same
+addressing, so that the group sees a name rather than a number.
+"""
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from poller.storage import Attachment
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """The quoted message: one of ours, sent in the same group (WhatsApp needs its id, its
+    sender and what it said)."""
+
+    message_id: uuid.UUID
+    wa_message_id: str
+    content: str
+    attachment_kind: Literal["image", "document"] | None
+    sender: str | None  # our account's phone JID
+    sender_lid: str | None
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One send: the text (the caption, with an attachment), and what else it carries."""
+
+    group_jid: str
+    content: str
+    message_id: uuid.UUID  # ours, for logs, the upload cache and the simulation
+    attachment: Attachment | None = None
+    reply_to: ReplyTo | None = None
+    mentions: tuple[str, ...] = ()  # JIDs in the group's addressing
+
+    @property
+    def plain(self) -> bool:
+        return self.attachment is None and self.reply_to is None and not self.mentions
+
+    def wire(self) -> dict[str, Any]:
+        """As JSON-ready values (the worker channel); from_wire() reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> "OutgoingMessage":
+        attachment, reply = data["attachment"], data["reply_to"]
+        return cls(
+            data["group_jid"],
+            data["content"],
+            uuid.UUID(str(data["message_id"])),
+            Attachment(**attachment) if attachment else None,
+            ReplyTo(**{**reply, "message_id": uuid.UUID(str(reply["message_id"]))})
+            if reply
+            else None,
+            tuple(data["mentions"]),
+        )
+
+
+def needs_participants(details: Mapping[str, Any] | None) -> bool:
+    """Whether building the message needs the group's synced participants (it mentions)."""
+    return bool(details and details.get("mentions"))
+
+
+def outgoing(
+    group_jid: str,
+    content: str,
+    message_id: uuid.UUID,
+    details: Mapping[str, Any] | None,
+    participants: Sequence[Mapping[str, Any]] = (),
+) -> OutgoingMessage:
+    """The message of a job: its text and `details`; `participants` are the group's as synced
+    (whatsapp_groups.participants), needed when it mentions."""
+    if not details:
+        return OutgoingMessage(group_jid, content, message_id)
+    reply = details.get("reply_to")
+    mentions, content = _mentions(details.get("mentions"), participants, content)
+    return OutgoingMessage(
+        group_jid,
+        content,
+        message_id,
+        Attachment.from_details(details) if "attachment" in details else None,
+        ReplyTo(
+            uuid.UUID(str(reply["message_id"])),
+            reply["wa_message_id"],
+            reply["content"],
+            reply["attachment_kind"],
+            reply["sender"],
+            reply["sender_lid"],
+        )
+        if reply
+        else None,
+        mentions,
+    )
+
+
+def lid_addressed(participants: Sequence[Mapping[str, Any]]) -> bool:
+    return any(str(p.get("jid") or "").endswith("@lid") for p in participants)
+
+
+def _mentions(
+    raw: object, participants: Sequence[Mapping[str, Any]], content: str
+) -> tuple[tuple[str, ...], str]:
+    """The mentioned JIDs as the group addresses them, and the text written to match."""
+    if not raw:
+        return (), content
+    if isinstance(raw, Mapping):  # {"everyone": true}: every participant, as the group lists them
+        return tuple(str(p["jid"]) for p in participants if p.get("jid")), content
+    lid = lid_addressed(participants)
+    chosen = []
+    for mention in raw:
+        phone, lid_jid = mention.get("jid"), mention.get("lid")
+        jid = (lid_jid or phone) if lid else (phone or lid_jid)
+        other = phone if jid == lid_jid else lid_jid
+        if other:
+            content = _retarget(content, other, jid)
+        chosen.append(jid)
+    return tuple(chosen), content
+
+
+def _retarget(content: str, old: str, new: str) -> str:
+    """`@<old's digits>` in the text, as a whole number, becomes `@<new's digits>`."""
+    old_user, new_user = old.split("@", 1)[0], new.split("@", 1)[0]
+    return re.sub(rf"@{re.escape(old_user)}(?!\d)", f"@{new_user}", content)

@@ -232,5 +232,10 @@ class SimulatedClient(SessionClient):
 
 
 async def _upload(data: bytes) -> dict[str, object]:
-    """The simulated upload of an attachment: what WhatsApp would be sent, measured."""
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    """The simulated upload of an attachment: what WhatsApp would be sent, measured, and an id
+    of its own (sends that share an upload show the same)."""
+    return {
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "upload": uuid.uuid4().hex,
+    }

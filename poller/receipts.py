@@ -1,5 +1,6 @@
 """Delivered and read receipts → messages.status, forward only (read never returns to
-delivered). A receipt can overtake the write of the `sent` status it follows, so receipts whose
+delivered); retry receipts (a participant could not decrypt) → a count per message and
+participant. A receipt can overtake the write of the `sent` status it follows, so receipts whose
 WhatsApp id is not in the table yet are kept and tried again for a while."""
 
 import asyncio
@@ -8,6 +9,7 @@ import time
 from dataclasses import replace
 
 from poller.db import Database
+from poller.metrics import Metrics
 from poller.transports.base import Receipt, ReceiptKind
 
 log = logging.getLogger(__name__)
@@ -16,9 +18,12 @@ _KEEP_UNMATCHED = 120.0  # seconds a receipt waits for its message's `sent` writ
 
 
 class Receipts:
-    def __init__(self, db: Database, flush_interval: float = 0.05) -> None:
+    def __init__(
+        self, db: Database, flush_interval: float = 0.05, metrics: Metrics | None = None
+    ) -> None:
         self.db = db
         self.flush_interval = flush_interval
+        self.metrics = metrics or Metrics()
         self._pending: list[tuple[float, Receipt]] = []
         self._wake = asyncio.Event()
 
@@ -59,9 +64,14 @@ class Receipts:
                 "wa_message_ids": [x[0] for x in rows],
                 "ats": [x[1] for x in rows],
                 "participants": [x[2] for x in rows],
-                "kind": str(kind),
             }
-            found = await self.db.fetch("apply_receipts", params)
+            if kind is ReceiptKind.RETRY:
+                found = await self.db.fetch("apply_retry_receipts", params)
+            else:
+                found = await self.db.fetch("apply_receipts", {**params, "kind": str(kind)})
+                for row in found:
+                    if row["sent_at"] is not None:
+                        self.metrics.receipt(str(kind), row["sent_at"], row["at"])
             matched = {row["wa_message_id"] for row in found}
             for received, receipt in items:
                 missing = tuple(w for w in receipt.wa_message_ids if w not in matched)

@@ -7,6 +7,9 @@ another poller took over), then compares what it holds with its share of the ses
 the live pollers: it takes free or expired sessions up to its share, and hands one back when it
 holds more (a new poller joined). A clean stop hands everything back at once; a crash leaves the
 leases to expire (WA_LEASE_TTL), after which the other pollers take the sessions over.
+
+Session events (a temporary ban, client outdated, a logout, keepalive timeouts) go to the admins'
+log, public.session_events, and onto the session row; the metrics follow every change of state.
 """
 
 import asyncio
@@ -19,23 +22,36 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from poller.db import Database
+from poller.metrics import Metrics
 from poller.ratelimit import TokenBucket
 from poller.receipts import Receipts
 from poller.settings import Settings
 from poller.tasks import background
-from poller.transports.base import ConnectionState, Receipt, SessionClient, Transport
+from poller.transports.base import (
+    ConnectionState,
+    Receipt,
+    ReceiptKind,
+    SessionClient,
+    Transport,
+)
 
 log = logging.getLogger(__name__)
 
 
 class SessionManager:
     def __init__(
-        self, db: Database, transport: Transport, receipts: Receipts, settings: Settings
+        self,
+        db: Database,
+        transport: Transport,
+        receipts: Receipts,
+        settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
         self.receipts = receipts
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.poller_id = settings.poller_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
@@ -46,6 +62,8 @@ class SessionManager:
         # Session table writes, in the order the events happened.
         self._writes: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
         self._ended: dict[uuid.UUID, datetime] = {}  # clients that will not reconnect
+        self._connected_once: set[uuid.UUID] = set()  # a CONNECTED after the first: a reconnect
+        self._restarts: dict[uuid.UUID, int] = {}  # each client's worker restarts, as counted
 
     def on_connected(self, callback: Callable[[uuid.UUID], None]) -> None:
         self._on_connected.append(callback)
@@ -71,12 +89,23 @@ class SessionManager:
     ) -> None:
         log.info("session %s %s%s", session_id, state, f" ({reason})" if reason else "")
         self._write("set_session_status", session_id, status=str(state), reason=reason)
+        self.metrics.session_state(session_id, str(state))
+        # A WorkerClient counts its worker's restarts and says so with a state change.
+        restarts = getattr(self.clients.get(session_id), "restarts", 0)
+        for _ in range(restarts - self._restarts.get(session_id, 0)):
+            self.metrics.worker_restarted(session_id)
+        self._restarts[session_id] = restarts
         if state is ConnectionState.CONNECTED:
+            if session_id in self._connected_once:
+                self.metrics.reconnected(session_id)
+            self._connected_once.add(session_id)
             for callback in self._on_connected:
                 callback(session_id)
             self.groups_changed(session_id)
 
     def receipt(self, receipt: Receipt) -> None:
+        if receipt.kind is ReceiptKind.RETRY:
+            self.metrics.retry_receipt(receipt.session_id)
         self.receipts.add(receipt)
 
     def groups_changed(self, session_id: uuid.UUID) -> None:
@@ -94,6 +123,7 @@ class SessionManager:
         log.warning("session %s: %s; waiting to be paired again", session_id, reason)
         self._ended[session_id] = datetime.now(UTC)
         self._write("session_logged_out", session_id, reason=reason)
+        self.session_event(session_id, "logged_out", reason, None)
 
     def let_go(self, session_id: uuid.UUID, reason: str) -> None:
         # Like a logout, without losing the keys: the lease is kept (so no poller of ours starts
@@ -104,6 +134,17 @@ class SessionManager:
         client = self.clients.get(session_id)
         if client is not None:
             background(client.stop(), f"let-go-{session_id}")
+
+    def session_event(
+        self, session_id: uuid.UUID, kind: str, reason: str | None, until: datetime | None
+    ) -> None:
+        self._write("session_event", session_id, kind=kind, reason=reason, until=until)
+        if kind == "temporary_ban":
+            self.metrics.session_state(session_id, "banned")
+        elif kind == "client_outdated":
+            # The client does not reconnect; a pairing request (or a restart) starts it again.
+            self._ended[session_id] = datetime.now(UTC)
+            self.metrics.session_state(session_id, "outdated")
 
     def _write(self, query: str, session_id: uuid.UUID, **params: object) -> None:
         self._writes.put_nowait((query, {"id": session_id, "me": self.poller_id, **params}))
@@ -163,12 +204,15 @@ class SessionManager:
 
     async def _drop(self, session_id: uuid.UUID) -> None:
         self._ended.pop(session_id, None)
+        self._connected_once.discard(session_id)
+        self._restarts.pop(session_id, None)
         limiter = self.limiters.pop(session_id, None)
         if limiter is not None:
             limiter.close()  # a lane waiting for its next send gives its jobs back at once
         client = self.clients.pop(session_id, None)
         if client is not None:
             await client.stop()
+            self.metrics.session_released(session_id)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeats, and status changes written in order."""

@@ -130,6 +130,11 @@ def seed(conn: psycopg.Connection) -> Seed:
             "values (%s, '905551111111@s.whatsapp.net', now())",
             [s.m1],
         )
+        conn.execute(
+            "insert into session_events (session_id, kind, reason) "
+            "values (%s, 'keepalive_timeout', 'keepalive timeout: no answer from WhatsApp')",
+            [s.session],
+        )
     return s
 
 

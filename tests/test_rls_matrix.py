@@ -54,6 +54,13 @@ STATEMENTS: dict[str, dict[str, str]] = {
         "update": "update message_receipts set read_at = now() where message_id = %(m1)s",
         "delete": "delete from message_receipts where message_id = %(m1)s",
     },
+    "session_events": {
+        "select": "select id from session_events where session_id = %(session)s",
+        "insert": "insert into session_events (session_id, kind) "
+        "values (%(session)s, 'logged_out')",
+        "update": "update session_events set reason = 'x' where session_id = %(session)s",
+        "delete": "delete from session_events where session_id = %(session)s",
+    },
     "messages": {
         "select": "select id from messages where id = %(m1)s",
         "insert": "insert into messages (group_jid, sender_id, content) "
@@ -85,6 +92,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "group_assignments": _MEMBER_READS,
         "messages": _row(OK, DENIED, DENIED, DENIED),
         "message_receipts": _row(OK, DENIED, DENIED, DENIED),
+        "session_events": _row(HIDDEN, DENIED, DENIED, DENIED),
     },
     "other_employee": {
         "employee_groups": _OUTSIDER,
@@ -94,13 +102,17 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "group_assignments": _OUTSIDER,
         "messages": _row(HIDDEN, DENIED, DENIED, DENIED),
         "message_receipts": _row(HIDDEN, DENIED, DENIED, DENIED),
+        "session_events": _row(HIDDEN, DENIED, DENIED, DENIED),
     },
     "admin": {
         **dict.fromkeys(STATEMENTS, _ALL),
         "messages": _row(OK, DENIED, DENIED, DENIED),
         "message_receipts": _row(OK, DENIED, DENIED, DENIED),
+        # Written only by private.record_session_event, for the poller.
+        "session_events": _row(OK, DENIED, DENIED, DENIED),
     },
-    "service_role": dict.fromkeys(STATEMENTS, _ALL),
+    # It bypasses RLS, but has no privilege on the admins' session events.
+    "service_role": {**dict.fromkeys(STATEMENTS, _ALL), "session_events": _NOTHING},
     "wa_poller": {
         "employee_groups": _NOTHING,
         "employee_group_members": _NOTHING,
@@ -109,6 +121,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "group_assignments": _NOTHING,
         "messages": _row(OK, DENIED, OK, DENIED),
         "message_receipts": _row(OK, OK, OK, DENIED),
+        "session_events": _NOTHING,  # through private.record_session_event only
     },
 }
 

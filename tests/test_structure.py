@@ -6,8 +6,9 @@ import pytest
 from poller.resources import migrations
 
 # What wa_poller may execute in `private`, in one place: one function per transition of the
-# outbound queue (take, sent, retry, fail, expire, give back, extend, discard) and the wake-up.
-# They are its only access to the queue.
+# outbound queue (take, sent, retry, fail, expire, give back, extend, discard) and the wake-up,
+# its only access to the queue; the backlog for its metrics; and the session events, its only
+# access to public.session_events.
 POLLER_FUNCTIONS = [
     "private.take_outbound(text,uuid[],integer[],bigint[],integer,integer,double precision)",
     "private.outbound_sent(uuid[],bigint[],text[],timestamp with time zone[])",
@@ -17,6 +18,7 @@ POLLER_FUNCTIONS = [
     "private.outbound_extend(bigint[],double precision)",
     "private.arm_outbound_listener()",
     "private.outbound_backlog(text)",
+    "private.record_session_event(text,uuid,text,text,timestamp with time zone)",
 ]
 # What PostgREST exposes, one function per name (tests/test_rls_matrix.py calls each as every
 # persona).
@@ -44,7 +46,7 @@ def test_every_table_in_public_has_rls_enabled(conn):
         "select c.relname, c.relrowsecurity from pg_class c "
         "where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')",
     )
-    assert len(tables) == 8
+    assert len(tables) == 9
     assert [name for name, rls in tables if not rls] == []
 
 
@@ -290,6 +292,7 @@ def test_studio_views_are_security_invoker_and_hidden_from_the_api(conn):
     )
     assert views == [
         ("failed_messages", ["security_invoker=true"]),
+        ("messages_needing_attention", ["security_invoker=true"]),
         ("whatsapp_sessions_overview", ["security_invoker=true"]),
     ]
     for view, _ in views:

@@ -13,19 +13,24 @@
 Reconnects are ours, not whatsmeow's: a dropped or failed connection is retried after an
 exponential backoff with jitter and a cap. Logged out (whatever the reason): the store is
 cleared, the session waits for pairing. StreamReplaced (another client took the account): let go.
+A temporary ban: not connected (so nothing is taken or attempted for the session) until the ban
+ends, then connect again. Client outdated: no reconnect (WhatsApp refuses this version until
+neonize is upgraded). Both, and keepalive timeouts, are session events for the admins.
 """
 
 import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from poller.backoff import Backoff
 from poller.settings import Settings
@@ -56,6 +61,15 @@ _PERMANENT = {
     "406": "WhatsApp rejected the message",
 }
 _NOT_CONNECTED = ("not connected", "client is nil", "doesn't contain a device jid")
+# whatsmeow's errors from opening a PostgreSQL store (its driver is lib/pq), and what to do.
+_STORE_ERRORS = ("failed to upgrade database", "pq: ")
+_STORE_HINTS = {
+    "SSL is not enabled on the server": "the server offers no TLS: add sslmode=disable to the "
+    "URL (only for a server on this host or a private network)",
+    "certificate": "its TLS certificate is not trusted: sslmode=require encrypts without "
+    "verifying it",
+    "password authentication failed": "wrong user or password",
+}
 
 
 def classify_send_error(message: str) -> Exception:
@@ -67,6 +81,20 @@ def classify_send_error(message: str) -> Exception:
         if marker in text:
             return PermanentSendError(f"{meaning} ({message})")
     return TransientSendError(message)
+
+
+def describe_store_error(message: str, url: str) -> str | None:
+    """One line for a PostgreSQL store that cannot be opened (whatsmeow's error is a chain of
+    contexts ending in lib/pq's or the dialer's), or None when `message` is about something else."""
+    if not any(marker in message for marker in _STORE_ERRORS):
+        return None
+    cause = message.split("pq: ", 1)[1] if "pq: " in message else message.rsplit(": ", 1)[-1]
+    hint = next((h for marker, h in _STORE_HINTS.items() if marker in cause), None)
+    where = urlsplit(url)
+    return (
+        f"cannot open the session store (WA_SESSION_STORE_URL, {where.hostname}:"
+        f"{where.port or 5432}): {cause}{f': {hint}' if hint else ''}"
+    )
 
 
 def in_thread(function: Callable[[], Any], name: str) -> "asyncio.Future[Any]":
@@ -99,10 +127,17 @@ def jid_string(jid: Any) -> str | None:
     return f"{jid.User}@{jid.Server}"
 
 
+BOT_TAG_VARIABLE = "NEONIZE_BOT_TAG"
+
+
 class NeonizeTransport(Transport):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions: list[NeonizeSession] = []
+        # neonize tags 1:1 messages as a bot's unless this says off. Go reads the environment
+        # once, when neonize's library is loaded: so before any import of neonize (which this
+        # module does only in its methods), in the poller and in each worker.
+        os.environ[BOT_TAG_VARIABLE] = "on" if settings.bot_tag else "off"
         if settings.session_store == "sqlite":
             Path(settings.auth_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -145,6 +180,8 @@ class NeonizeSession(SessionClient):
         self._connect_attempted = False  # get_me() before any connect() is a Go panic
         self._stopping = False
         self._ended: str | None = None  # why this session must not reconnect (logout, replaced)
+        self._banned_until: datetime | None = None  # a temporary ban: no connect before it ends
+        self._keepalive_failing = False  # a keepalive timeout was reported, not its restore yet
         self._restart = asyncio.Event()
         self._progress = asyncio.Event()  # a QR code or a connection: WhatsApp answered
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +200,11 @@ class NeonizeSession(SessionClient):
 
     async def _supervise(self) -> None:
         while not self._stopping and self._ended is None:
+            if self._banned_until is not None:
+                # The row says banned and until when (the sink heard it): connect at its end.
+                until, self._banned_until = self._banned_until, None
+                await self._wait((until - datetime.now(UTC)).total_seconds())
+                continue
             try:
                 error = await self._attempt()
             except Exception as exc:  # a bug, or a store that cannot be opened: this session only
@@ -171,15 +213,31 @@ class NeonizeSession(SessionClient):
             self._connected = False
             if self._stopping or self._ended is not None:
                 break
+            if self._banned_until is not None:
+                continue
             self.attempts += 1
             delay = self._backoff.delay(self.attempts)
-            reason = f"{error}" if error else "connection dropped"
-            self._emit(ConnectionState.DISCONNECTED, f"{reason}; retrying in {delay:.1f}s")
-            self._restart.clear()
-            with contextlib.suppress(TimeoutError):  # a stop or a logout cuts the wait short
-                await asyncio.wait_for(self._restart.wait(), timeout=delay)
+            self._emit(
+                ConnectionState.DISCONNECTED, f"{self._why(error)}; retrying in {delay:.1f}s"
+            )
+            await self._wait(delay)
         if self._ended is not None:
             await self._clear_store_if_logged_out()
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep, unless a stop, a logout or a ban (which says how long instead) cuts it short."""
+        self._restart.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._restart.wait(), timeout=max(0.0, seconds))
+
+    def _why(self, error: BaseException | None) -> str:
+        if error is None:
+            return "connection dropped"
+        if self.settings.session_store == "postgres" and self.settings.session_store_url:
+            store = describe_store_error(str(error), self.settings.session_store_url)
+            if store is not None:
+                return store
+        return str(error)
 
     async def _attempt(self) -> BaseException | None:
         """One client, connected until it fails, drops, hangs or is told to stop; returns why
@@ -187,6 +245,7 @@ class NeonizeSession(SessionClient):
         self._emit(ConnectionState.CONNECTING, None)
         self._restart.clear()
         self._progress.clear()
+        self._keepalive_failing = False
         self.client = self.new_client()
         connecting = asyncio.ensure_future(
             in_thread(functools.partial(self._connect, self.client), "connect")
@@ -267,13 +326,17 @@ class NeonizeSession(SessionClient):
     def new_client(self) -> Any:
         from neonize.client import NewClient
         from neonize.events import (
+            ClientOutdatedEv,
             ConnectedEv,
             DisconnectedEv,
             JoinedGroupEv,
+            KeepAliveRestoredEv,
+            KeepAliveTimeoutEv,
             LoggedOutEv,
             PairStatusEv,
             ReceiptEv,
             StreamReplacedEv,
+            TemporaryBanEv,
         )
         from neonize.proto.Neonize_pb2 import GroupInfoEvent
         from neonize.utils.jid import build_jid
@@ -303,6 +366,10 @@ class NeonizeSession(SessionClient):
         client.event(ReceiptEv)(self._guard(self._on_receipt))
         client.event(JoinedGroupEv)(self._guard(self._on_group_event))
         client.event(GroupInfoEvent)(self._guard(self._on_group_event))
+        client.event(TemporaryBanEv)(self._guard(self._on_temporary_ban))
+        client.event(ClientOutdatedEv)(self._guard(self._on_client_outdated))
+        client.event(KeepAliveTimeoutEv)(self._guard(self._on_keepalive_timeout))
+        client.event(KeepAliveRestoredEv)(self._guard(self._on_keepalive_restored))
         return client
 
     def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
@@ -390,6 +457,61 @@ class NeonizeSession(SessionClient):
             self.sink.let_go(self.session_id, why)
         self._restart.set()
 
+    def _on_temporary_ban(self, client: Any, event: Any) -> None:
+        code = event.TempBanReason.Name(event.Code) if event.HasField("Code") else "UNKNOWN"
+        until = datetime.now(UTC) + timedelta(seconds=max(0, event.Expire))
+        self._soon(self._banned, client, code, until)
+
+    def _banned(self, client: Any, code: str, until: datetime) -> None:
+        if client is not self.client or self._stopping or self._ended is not None:
+            return
+        reason = f"temporarily banned by WhatsApp ({code}) until {until:%Y-%m-%d %H:%M:%S} UTC"
+        log.warning("session %s: %s", self.session_id, reason)
+        self._banned_until = until
+        self._connected = False
+        # Disconnected first, then the event that sets the row's status to banned.
+        self._emit(ConnectionState.DISCONNECTED, reason)
+        self.sink.session_event(self.session_id, "temporary_ban", reason, until)
+        self._restart.set()  # this client ends; the supervisor waits for the ban's end
+
+    def _on_client_outdated(self, client: Any, _event: Any) -> None:
+        self._soon(self._outdated, client)
+
+    def _outdated(self, client: Any) -> None:
+        if client is not self.client or self._stopping or self._ended is not None:
+            return
+        reason = "WhatsApp refuses this client as outdated: upgrade neonize, restart the poller"
+        log.error("session %s: %s", self.session_id, reason)
+        self._ended = reason
+        self._connected = False
+        self._emit(ConnectionState.DISCONNECTED, reason)
+        self.sink.session_event(self.session_id, "client_outdated", reason, None)
+        self._restart.set()
+
+    def _on_keepalive_timeout(self, client: Any, event: Any) -> None:
+        last = datetime.fromtimestamp(event.LastSuccess, UTC) if event.LastSuccess else None
+        self._soon(self._keepalive_timeout, client, event.ErrorCount, last)
+
+    def _keepalive_timeout(self, client: Any, count: int, last: datetime | None) -> None:
+        # whatsmeow reports every failed keepalive (about one a 25 s): the first of a run is
+        # the event; it reconnects by itself when they last.
+        if client is not self.client or self._keepalive_failing:
+            return
+        self._keepalive_failing = True
+        since = f" since {last:%H:%M:%S} UTC" if last else ""
+        reason = f"keepalive timeout: no answer from WhatsApp{since} ({count} unanswered)"
+        log.warning("session %s: %s", self.session_id, reason)
+        self.sink.session_event(self.session_id, "keepalive_timeout", reason, None)
+
+    def _on_keepalive_restored(self, client: Any, _event: Any) -> None:
+        self._soon(self._keepalive_restored, client)
+
+    def _keepalive_restored(self, client: Any) -> None:
+        if client is not self.client or not self._keepalive_failing:
+            return
+        self._keepalive_failing = False
+        self.sink.session_event(self.session_id, "keepalive_restored", None, None)
+
     def _on_receipt(self, _client: Any, event: Any) -> None:
         # An unset Type reads as DELIVERED, and neonize leaves types it does not map unset.
         if not event.HasField("Type"):
@@ -398,6 +520,8 @@ class NeonizeSession(SessionClient):
             kind = ReceiptKind.DELIVERED
         elif event.Type in (event.READ, event.PLAYED):
             kind = ReceiptKind.READ
+        elif event.Type == event.RETRY:
+            kind = ReceiptKind.RETRY
         else:
             return
         at = datetime.fromtimestamp(event.Timestamp, UTC) if event.Timestamp else datetime.now(UTC)

@@ -1,13 +1,14 @@
 -- Delivered or read receipts. Forward only: a message moves to `kind` only from a status before
 -- it (read implies delivered; a read message never goes back to delivered). In groups each
 -- participant's receipt is kept too ("delivered to N of M"). Returns the WhatsApp ids found, so
--- receipts that overtook their `sent` write can be tried again.
+-- receipts that overtook their `sent` write can be tried again, with when the message was sent
+-- and when the receipt came (the receipt lag's metric).
 with r as (
   select *
   from unnest(%(wa_message_ids)s::text[], %(ats)s::timestamptz[], %(participants)s::text[])
     as r(wa_message_id, at, participant)
 ), found as (
-  select m.id, m.wa_message_id, m.status, r.at, r.participant
+  select m.id, m.wa_message_id, m.status, m.sent_at, r.at, r.participant
   from public.messages m join r on r.wa_message_id = m.wa_message_id
 ), moved as (
   update public.messages m
@@ -29,4 +30,4 @@ with r as (
   set delivered_at = coalesce(mr.delivered_at, excluded.delivered_at),
       read_at = coalesce(mr.read_at, excluded.read_at)
 )
-select wa_message_id from found
+select wa_message_id, sent_at, at from found

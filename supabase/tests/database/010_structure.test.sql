@@ -3,7 +3,8 @@ set local search_path = public, extensions;
 select plan(20);
 
 select tables_are('public', array['whatsapp_sessions', 'whatsapp_groups', 'group_assignments',
-  'messages', 'employee_groups', 'employee_group_members', 'message_receipts', 'send_limits']);
+  'messages', 'employee_groups', 'employee_group_members', 'message_receipts', 'send_limits',
+  'session_events']);
 select is(
   (select array_agg(relname::text order by relname) from pg_class
    where relnamespace = 'public'::regnamespace and relkind = 'r' and not relrowsecurity),

@@ -413,10 +413,11 @@ def test_thirty_days_ahead_is_accepted(conn, world):
 
 def fall_due(conn, message_id: uuid.UUID, seconds_ago: float) -> None:
     """Move a scheduled message's send_at into the past (the test cannot wait for it)."""
-    conn.execute(
-        "update messages set send_at = now() - make_interval(secs => %s) where id = %s",
-        [seconds_ago, message_id],
-    )
+    for table, key in (("messages", "id"), ("private.scheduled_messages", "message_id")):
+        conn.execute(
+            f"update {table} set send_at = now() - make_interval(secs => %s) where {key} = %s",
+            [seconds_ago, message_id],
+        )
 
 
 def test_due_messages_are_queued_by_the_take_in_the_order_they_fell_due(conn, world):
@@ -909,3 +910,28 @@ def test_the_seeds_claims_bucket_lets_a_team_send_its_groups_files(conn, postgre
     assert send("120363000000000101@g.us", "120363000000000101@g.us/police.pdf") == "ok"
     conn.execute("delete from group_assignments where group_jid = '120363000000000101@g.us'")
     assert send("120363000000000102@g.us", "120363000000000101@g.us/police.pdf") == "PT404"
+
+
+def test_the_schedule_holds_exactly_the_scheduled_messages_out_of_the_apis_reach(conn, world):
+    kept = send_as(conn, "employee", world, G1, "kalır", send_at=future(60))
+    canceled = send_as(conn, "employee", world, G1, "iptal", send_at=future(60))
+    due = send_to_groups_as(conn, "admin", world, [G1, G2], "zamanı geldi", send_at=future(60))
+    cancel_as(conn, "employee", world, canceled["id"])
+    for row in due:
+        fall_due(conn, row["id"], 1)
+    take(conn, world)
+    schedule = conn.execute("select message_id from private.scheduled_messages").fetchall()
+    assert schedule == [(kept["id"],)]
+    assert (
+        conn.execute(
+            "select message_id from private.scheduled_messages s "
+            "join messages m on m.id = s.message_id where m.status <> 'scheduled'"
+        ).fetchall()
+        == []
+    )
+    for role in ("anon", "authenticated", "service_role", "wa_poller"):
+        for privilege in ("select", "insert", "update", "delete"):
+            assert not conn.execute(
+                "select has_table_privilege(%s, 'private.scheduled_messages', %s)",
+                [role, privilege],
+            ).fetchone()[0], (role, privilege)

@@ -33,10 +33,20 @@ begin
 end
 $$;
 
--- The scheduled messages by the time they fall due: the promotion reads the due end, so it
--- costs what falls due, not what is scheduled.
-create index messages_scheduled_send_at_idx on public.messages (send_at)
-  where status = 'scheduled';
+-- The scheduled messages by the time they fall due, one row each while it is `scheduled`:
+-- the promotion reads the due end through its index, so it costs what falls due. A table of
+-- their own, not a partial index on messages: the look for due messages, on every take and on
+-- every immediate send, keeps its cached plan, and a plan made while there was little to scan
+-- (a seq scan) then costs what is scheduled, never what messages holds. Not in `public`: no
+-- API role has any privilege on it; the RPCs and the take write it as their owner.
+create table private.scheduled_messages (
+  message_id uuid primary key references public.messages (id) on delete cascade,
+  group_jid text not null,
+  send_at timestamptz not null
+);
+create index scheduled_messages_send_at_idx on private.scheduled_messages (send_at, message_id);
+alter table private.scheduled_messages enable row level security;
+revoke all on private.scheduled_messages from public;
 
 -- WhatsApp's limits per kind, from the Cloud API's "Supported media types"
 -- (developers.facebook.com/docs/whatsapp/cloud-api/reference/media#supported-media-types;
@@ -280,8 +290,8 @@ begin
 end
 $$;
 
--- Why the caller may not send to a group, or nulls: the checks send_message made inline, so
--- that send_to_groups can list every refused group. KEY SHARE: the group cannot be deleted (or
+-- Why the caller may not send to a group, or nulls: send_message's checks (which it keeps
+-- inline, in the same words), so that send_to_groups can list every refused group. KEY SHARE: the group cannot be deleted (or
 -- re-keyed) until the message is committed. Only the flags are read (participants can be large).
 create function private.group_refusal(
   p_uid uuid, p_admin boolean, p_group_jid text, out code text, out message text, out hint text
@@ -353,16 +363,19 @@ end
 $$;
 
 -- Whether a group already has as many messages waiting as the limit allows (null: no limit).
--- The count stops at the limit, so a check costs at most `limit` index entries.
+-- The count stops at the limit, so a check costs at most `limit` index entries. plpgsql, so
+-- that its plan is cached (a SQL function with a SET clause is planned at every call).
 create function private.group_is_full(p_group_jid text, p_limit integer) returns boolean
-language sql stable
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
-  select p_limit is not null and (
+begin
+  return p_limit is not null and (
     select pg_catalog.count(*) from (
       select 1 from public.messages m
       where m.group_jid = p_group_jid and m.status in ('pending', 'sending')
-      limit p_limit) w) >= p_limit
+      limit p_limit) w) >= p_limit;
+end
 $$;
 
 -- Scheduled messages that have fallen due go on the queue, in the order they fell due (then
@@ -370,45 +383,56 @@ $$;
 -- against what is sent later. Those already past their TTL (`p_ttl`, when given: no poller
 -- took messages for that long) fail as expired instead. The take calls it before it reads
 -- (no daemon of its own), and send_message for its groups before it queues (a message sent now
--- goes behind one that fell due before it). `p_groups` null: every group. Locked rows are
--- skipped (a concurrent promotion, or a cancel, has them). At most 500 a call; the next take
--- takes the rest.
+-- goes behind one that fell due before it). `p_groups` null: every group. Rows locked by a
+-- concurrent promotion or a cancel are skipped. At most 500 a call; the next take takes the
+-- rest. Lock order, as in cancel_message: the schedule row, then the message.
 create function private.promote_scheduled(p_groups text[], p_ttl double precision)
 returns integer
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_due uuid[];
+  v_expired uuid[];
   v_ids uuid[];
   v_groups text[];
-  v_expired uuid[];
 begin
-  select pg_catalog.array_agg(d.id order by d.send_at, d.created_at, d.id)
-           filter (where p_ttl is null or d.send_at > now() - make_interval(secs => p_ttl)),
-         pg_catalog.array_agg(d.group_jid::text order by d.send_at, d.created_at, d.id)
-           filter (where p_ttl is null or d.send_at > now() - make_interval(secs => p_ttl)),
-         pg_catalog.array_agg(d.id) filter (where d.send_at <= now() - make_interval(secs => p_ttl))
-  into v_ids, v_groups, v_expired
-  from (
-    select m.id, m.group_jid, m.send_at, m.created_at
-    from public.messages m
-    where m.status = 'scheduled' and m.send_at <= now()
-      and (p_groups is null or m.group_jid = any (p_groups))
-    order by m.send_at
-    limit 500
-    for update skip locked
-  ) d;
+  with due as (
+    delete from private.scheduled_messages s
+    where s.message_id in (
+      select d.message_id from private.scheduled_messages d
+      where d.send_at <= now() and (p_groups is null or d.group_jid = any (p_groups))
+      order by d.send_at, d.message_id
+      limit 500
+      for update skip locked)
+    returning s.message_id, s.send_at
+  )
+  select pg_catalog.array_agg(d.message_id) filter (where p_ttl is null or d.send_at > now() - make_interval(secs => p_ttl)),
+         pg_catalog.array_agg(d.message_id) filter (where d.send_at <= now() - make_interval(secs => p_ttl))
+  into v_due, v_expired
+  from due d;
   if v_expired is not null then
     update public.messages m
     set status = 'failed',
         error_log = pg_catalog.format('expired: not sent within %s s of its send_at (no poller was taking messages)', p_ttl)
     where m.id = any (v_expired) and m.status = 'scheduled';
   end if;
+  if v_due is null then
+    return 0;
+  end if;
+  -- Only what is still scheduled (an admin may have changed a status by hand).
+  with promoted as (
+    update public.messages m set status = 'pending'
+    where m.id = any (v_due) and m.status = 'scheduled'
+    returning m.id, m.group_jid::text as group_jid, m.send_at, m.created_at
+  )
+  select pg_catalog.array_agg(p.id order by p.send_at, p.created_at, p.id),
+         pg_catalog.array_agg(p.group_jid order by p.send_at, p.created_at, p.id)
+  into v_ids, v_groups
+  from promoted p;
   if v_ids is null then
     return 0;
   end if;
-  update public.messages m set status = 'pending'
-  where m.id = any (v_ids) and m.status = 'scheduled';
   -- The queue's msg_id follows the insert's order: the order they fell due.
   insert into pgmq.q_whatsapp_outbound (vt, message, headers)
   select clock_timestamp(), pg_catalog.jsonb_build_object('message_id', d.id),
@@ -417,17 +441,6 @@ begin
   order by d.n;
   return pg_catalog.cardinality(v_ids);
 end
-$$;
-
--- The row pgmq.send would write, visible at once (pgmq 1.5.1's columns), as send_message has
--- written it since the start: a static INSERT with a cached plan.
-create function private.enqueue_message(p_id uuid, p_group_jid text) returns void
-language sql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-  insert into pgmq.q_whatsapp_outbound (vt, message, headers)
-  values (clock_timestamp(), pg_catalog.jsonb_build_object('message_id', p_id),
-          pg_catalog.jsonb_build_object('x-pgmq-group', p_group_jid))
 $$;
 
 -- The fan-out's batch id for a client key: derived from the sender and the key, so a retry
@@ -469,12 +482,14 @@ create function private.check_message_input(
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_blank boolean := private.is_blank(p_content);
 begin
   if (p_bucket is null) <> (p_path is null) then
     raise exception 'attachment_bucket and attachment_path go together'
       using errcode = '22023', hint = 'Give the Storage bucket and the object''s path in it, or neither.';
   end if;
-  if p_path is null and private.is_blank(p_content) then
+  if p_path is null and v_blank then
     raise exception 'content is empty'
       using errcode = '22004', hint = 'Type a message before sending.';
   end if;
@@ -485,7 +500,7 @@ begin
   if p_send_at is not null then
     perform private.check_send_at(p_send_at);
   end if;
-  return case when private.is_blank(p_content) then '' else p_content end;
+  return case when v_blank then '' else p_content end;
 end
 $$;
 
@@ -498,6 +513,9 @@ drop function private.same_request_or_raise(public.messages, text, text);
 -- The checks run cheapest first, and a caller who may not see a group (or a message, or an
 -- object) learns nothing about it. A scheduled message (send_at) is written `scheduled` with
 -- no job: the take queues it when it falls due, so it never holds its group back meanwhile.
+-- A plain text message takes the same path as before, inline (each helper call with a SET
+-- clause costs a search_path switch, and this is the hot path: bench/); each option calls
+-- its check only when given. The group checks are group_refusal's, in the same words.
 create function private.send_message(
   p_group_jid text, p_content text, p_client_msg_id uuid, p_attachment_bucket text,
   p_attachment_path text, p_reply_to uuid, p_mentions text[], p_send_at timestamptz
@@ -509,11 +527,12 @@ declare
   v_uid uuid := auth.uid();
   v_admin boolean := coalesce(auth.jwt() -> 'app_metadata' ->> 'role', '') = 'admin';
   v_email varchar;
-  v_content text;
-  v_refusal record;
+  v_content text := p_content;
+  v_group public.whatsapp_groups;
+  v_limits public.send_limits;
+  v_since timestamptz;
   v_mentions jsonb;
   v_attachment private.attachment;
-  v_pending_limit integer;
   v_msg public.messages;
 begin
   if v_uid is null then
@@ -528,7 +547,18 @@ begin
     raise exception 'invalid group_jid: %', private.echo(p_group_jid)
       using errcode = '22023', hint = 'A group JID looks like 120363025246125888@g.us.';
   end if;
-  v_content := private.check_message_input(p_content, p_attachment_bucket, p_attachment_path, p_send_at);
+  if p_attachment_bucket is null and p_attachment_path is null and p_send_at is null then
+    if private.is_blank(p_content) then
+      raise exception 'content is empty'
+        using errcode = '22004', hint = 'Type a message before sending.';
+    end if;
+    if char_length(p_content) > 65536 then
+      raise exception 'content is too long: % characters (at most 65536)', char_length(p_content)
+        using errcode = '22001', hint = 'Length counts Unicode code points.';
+    end if;
+  else
+    v_content := private.check_message_input(p_content, p_attachment_bucket, p_attachment_path, p_send_at);
+  end if;
 
   -- A retry with the same key gets the row it made before, whatever happened to the group or
   -- the quotas since.
@@ -553,25 +583,69 @@ begin
       using errcode = '42501', hint = 'Sign in again.';
   end if;
 
-  select * into v_refusal from private.group_refusal(v_uid, v_admin, p_group_jid);
-  if v_refusal.code is not null then
-    raise exception using errcode = v_refusal.code, message = v_refusal.message, hint = v_refusal.hint;
+  -- Not select *: participants can be a large jsonb, and only the flags matter here. KEY SHARE:
+  -- the group cannot be deleted (or re-keyed) until this message is committed.
+  select g.is_active, g.is_readonly, g.readonly_reason
+  into v_group.is_active, v_group.is_readonly, v_group.readonly_reason
+  from public.whatsapp_groups g where g.jid = p_group_jid
+  for key share;
+  if not found and v_admin then
+    raise exception 'unknown group: %', p_group_jid
+      using errcode = 'PT404', hint = 'The group has not been synced from WhatsApp.';
+  end if;
+  -- Inline rather than through the RLS helpers: this plan is cached, a SQL helper's is not.
+  if not v_admin and (not found or not exists (
+       select 1
+       from public.group_assignments ga
+       join public.employee_group_members m on m.employee_group_id = ga.employee_group_id
+       where ga.group_jid = p_group_jid and m.user_id = v_uid)) then
+    raise exception 'group % is not assigned to any of your teams', p_group_jid
+      using errcode = 'PT403', hint = 'Ask an admin to assign the group to your team.';
+  end if;
+  if not v_group.is_active then
+    raise exception 'group % is inactive', p_group_jid
+      using errcode = 'PT410', hint = 'The WhatsApp account is no longer in this group.';
+  end if;
+  if v_group.is_readonly then
+    raise exception 'group % is read-only: %', p_group_jid, v_group.readonly_reason
+      using errcode = 'PT409', hint = 'The WhatsApp account cannot post in this group.';
   end if;
   if p_reply_to is not null then
     perform private.check_reply(v_uid, v_admin, p_group_jid, p_reply_to);
   end if;
-  v_mentions := private.resolve_mentions(p_group_jid, p_mentions);
+  if p_mentions is not null then
+    v_mentions := private.resolve_mentions(p_group_jid, p_mentions);
+  end if;
   if p_attachment_path is not null then
     v_attachment := private.check_attachment(p_attachment_bucket, p_attachment_path);
   end if;
 
-  -- Quotas, at the time of the call (a scheduled message counts for its sender now, and for
-  -- its group once it waits in the queue).
-  perform private.check_sender_quota(v_uid, 1);
-  v_pending_limit := (select l.group_pending from public.send_limits l);
-  if p_send_at is null and private.group_is_full(p_group_jid, v_pending_limit) then
+  -- Quotas, at the time of the call: a scheduled message counts for its sender now, and for
+  -- its group once it waits in the queue. Each count stops at the limit, so a check costs at
+  -- most `limit` index entries.
+  select * into v_limits from public.send_limits;
+  if v_limits.sender_per_minute is not null then
+    -- The oldest of the sender's last `limit` messages within the minute: when it leaves the
+    -- window there is room again.
+    select m.created_at into v_since
+    from public.messages m
+    where m.sender_id = v_uid and m.created_at > now() - interval '1 minute'
+    order by m.created_at desc
+    offset v_limits.sender_per_minute - 1 limit 1;
+    if found then
+      raise exception 'too many messages: at most % a minute per sender', v_limits.sender_per_minute
+        using errcode = 'PT429',
+              hint = format('Retry in %s s.',
+                            greatest(1, ceil(extract(epoch from v_since + interval '1 minute' - now())))::int);
+    end if;
+  end if;
+  if p_send_at is null and v_limits.group_pending is not null and (
+       select count(*) from (
+         select 1 from public.messages m
+         where m.group_jid = p_group_jid and m.status in ('pending', 'sending')
+         limit v_limits.group_pending) w) >= v_limits.group_pending then
     raise exception 'group % has % messages waiting to be sent (at most %)',
-                    p_group_jid, v_pending_limit, v_pending_limit
+                    p_group_jid, v_limits.group_pending, v_limits.group_pending
       using errcode = 'PT429', hint = 'Retry once some of them have been sent.';
   end if;
 
@@ -596,12 +670,20 @@ begin
       p_attachment_bucket, p_attachment_path, p_reply_to, p_send_at);
   end if;
 
-  if p_send_at is null then
+  if p_send_at is not null then
+    insert into private.scheduled_messages (message_id, group_jid, send_at)
+    values (v_msg.id, p_group_jid, p_send_at);
+  else
     -- What fell due in this group before now goes first (the take may not have run yet).
-    if exists (select 1 from public.messages m where m.status = 'scheduled' and m.send_at <= now()) then
+    if exists (select 1 from private.scheduled_messages s where s.send_at <= now()) then
       perform private.promote_scheduled(array[p_group_jid], null);
     end if;
-    perform private.enqueue_message(v_msg.id, p_group_jid);
+    -- The row pgmq.send('whatsapp_outbound', msg, headers) would write, visible at once (pgmq
+    -- 1.5.1's columns): a static INSERT keeps a cached plan (pgmq.send builds it each call).
+    insert into pgmq.q_whatsapp_outbound (vt, message, headers)
+    values (clock_timestamp(),
+            jsonb_build_object('message_id', v_msg.id),
+            jsonb_build_object('x-pgmq-group', p_group_jid));
   end if;
   return v_msg;
 end
@@ -750,8 +832,11 @@ begin
       using errcode = 'PT422', hint = 'Use a new client_msg_id for each new message.';
   end if;
 
-  if p_send_at is null then
-    if exists (select 1 from public.messages m where m.status = 'scheduled' and m.send_at <= now()) then
+  if p_send_at is not null then
+    insert into private.scheduled_messages (message_id, group_jid, send_at)
+    select i, g, p_send_at from unnest(v_ids, v_groups) as x(i, g);
+  else
+    if exists (select 1 from private.scheduled_messages s where s.send_at <= now()) then
       perform private.promote_scheduled(p_group_jids, null);
     end if;
     insert into pgmq.q_whatsapp_outbound (vt, message, headers)
@@ -787,21 +872,26 @@ begin
     raise exception 'not authenticated: the user no longer exists'
       using errcode = '42501', hint = 'Sign in again.';
   end if;
-  -- The row lock orders a cancel and a promotion of the same message: whichever is first wins.
-  select * into v_msg from public.messages m where m.id = p_id for update;
+  select * into v_msg from public.messages m where m.id = p_id;
   if not found or (not v_admin and v_msg.sender_id is distinct from v_uid) then
     raise exception 'message not found: %', p_id
       using errcode = 'PT404', hint = 'Only its sender or an admin can cancel a message.';
   end if;
-  if v_msg.status <> 'scheduled' then
-    raise exception 'message % is not scheduled: it is %', p_id, v_msg.status
-      using errcode = 'PT409', hint = 'Only a scheduled message can be canceled, before it falls due.';
+  -- Taking its schedule row decides between a cancel and a promotion of the same message:
+  -- whichever deletes it first wins (a promotion holding it makes this wait, then find none).
+  delete from private.scheduled_messages s where s.message_id = p_id;
+  if found then
+    update public.messages m
+    set status = 'canceled', error_log = pg_catalog.format('canceled by %s', coalesce(v_email, v_uid::text))
+    where m.id = p_id and m.status = 'scheduled'
+    returning * into v_msg;
+    if found then
+      return v_msg;
+    end if;
   end if;
-  update public.messages m
-  set status = 'canceled', error_log = pg_catalog.format('canceled by %s', coalesce(v_email, v_uid::text))
-  where m.id = p_id
-  returning * into v_msg;
-  return v_msg;
+  select * into v_msg from public.messages m where m.id = p_id;
+  raise exception 'message % is not scheduled: it is %', p_id, v_msg.status
+    using errcode = 'PT409', hint = 'Only a scheduled message can be canceled, before it falls due.';
 end
 $$;
 
@@ -1156,7 +1246,6 @@ revoke execute on function
   private.check_sender_quota(uuid, integer),
   private.group_is_full(text, integer),
   private.promote_scheduled(text[], double precision),
-  private.enqueue_message(uuid, text),
   private.batch_id_for(uuid, uuid),
   private.same_message_or_raise(public.messages, uuid, text, text, text, text, uuid, timestamptz),
   private.check_message_input(text, text, text, timestamptz),

@@ -217,8 +217,10 @@ def test_persona_rpc(conn, data, persona, function):
         [json.dumps([{"jid": "905551111111@s.whatsapp.net", "lid": None}]), G1],
     )
     scheduled = conn.execute(
-        "insert into messages (group_jid, sender_id, content, status, send_at) "
-        "values (%s, %s, 'plan', 'scheduled', now() + interval '1 hour') returning id",
+        "with m as (insert into messages (group_jid, sender_id, content, status, send_at) "
+        "values (%s, %s, 'plan', 'scheduled', now() + interval '1 hour') returning *) "
+        "insert into private.scheduled_messages (message_id, group_jid, send_at) "
+        "select id, group_jid, send_at from m returning message_id",
         [G1, data.employee],
     ).fetchone()[0]
     try:

@@ -115,6 +115,7 @@ class SessionManager:
     def qr_code(self, session_id: uuid.UUID, code: str) -> None:
         log.info("session %s: new QR code to scan", session_id)
         self._write("session_qr", session_id, code=code)
+        self.metrics.session_state(session_id, "scanning")
 
     def paired(self, session_id: uuid.UUID, jid: str, lid: str | None) -> None:
         self._write("session_paired", session_id, jid=jid, lid=lid)

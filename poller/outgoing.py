@@ -31,6 +31,11 @@ class ReplyTo:
     sender: str | None  # our account's phone JID
     sender_lid: str | None
 
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> "ReplyTo":
+        """From details["reply_to"] (or its wire form): the same keys."""
+        return cls(**{**data, "message_id": uuid.UUID(str(data["message_id"]))})
+
 
 @dataclass(frozen=True)
 class OutgoingMessage:
@@ -59,9 +64,7 @@ class OutgoingMessage:
             data["content"],
             uuid.UUID(str(data["message_id"])),
             Attachment(**attachment) if attachment else None,
-            ReplyTo(**{**reply, "message_id": uuid.UUID(str(reply["message_id"]))})
-            if reply
-            else None,
+            ReplyTo.parse(reply) if reply else None,
             tuple(data["mentions"]),
         )
 
@@ -89,16 +92,7 @@ def outgoing(
         content,
         message_id,
         Attachment.from_details(details) if "attachment" in details else None,
-        ReplyTo(
-            uuid.UUID(str(reply["message_id"])),
-            reply["wa_message_id"],
-            reply["content"],
-            reply["attachment_kind"],
-            reply["sender"],
-            reply["sender_lid"],
-        )
-        if reply
-        else None,
+        ReplyTo.parse(reply) if reply else None,
         mentions,
     )
 
@@ -108,19 +102,20 @@ def lid_addressed(participants: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def _mentions(
-    raw: object, participants: Sequence[Mapping[str, Any]], content: str
+    raw: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None,
+    participants: Sequence[Mapping[str, Any]],
+    content: str,
 ) -> tuple[tuple[str, ...], str]:
     """The mentioned JIDs as the group addresses them, and the text written to match."""
     if not raw:
         return (), content
     if isinstance(raw, Mapping):  # {"everyone": true}: every participant, as the group lists them
         return tuple(str(p["jid"]) for p in participants if p.get("jid")), content
-    lid = lid_addressed(participants)
-    chosen = []
-    for mention in raw:
-        phone, lid_jid = mention.get("jid"), mention.get("lid")
-        jid = (lid_jid or phone) if lid else (phone or lid_jid)
-        other = phone if jid == lid_jid else lid_jid
+    by_lid = lid_addressed(participants)
+    chosen: list[str] = []
+    for mention in raw:  # each has a phone JID, a LID, or both (private.resolve_mentions)
+        phone, lid = mention.get("jid"), mention.get("lid")
+        jid, other = (lid, phone) if (by_lid and lid) or not phone else (phone, lid)
         if other:
             content = _retarget(content, other, jid)
         chosen.append(jid)

@@ -134,7 +134,13 @@ def test_documents_and_images_go_with_caption_name_and_size_fetched_once_across_
         attachment_bucket="claims",
         attachment_path=f"{group}/police-2026.pdf",
     )
-    image = send(conn, group, "", attachment_bucket="claims", attachment_path=f"{group}/hasar.png")
+    image = send(
+        conn,
+        group,
+        "Hasar fotoğrafı",
+        attachment_bucket="claims",
+        attachment_path=f"{group}/hasar.png",
+    )
     poller = rich_poller(db_url, tmp_path, storage, max_attempts=5)
     for message in (doc, image):  # each fails once after its upload: the retry must reuse it
         (poller.control / f"fail-{message['id']}").touch()
@@ -155,7 +161,7 @@ def test_documents_and_images_go_with_caption_name_and_size_fetched_once_across_
         "sha256": hashlib.sha256(pdf).hexdigest(),
     }
     assert sends[str(image["id"])]["kind"] == "image"
-    assert sends[str(image["id"])]["content"] == ""
+    assert sends[str(image["id"])]["content"] == "Hasar fotoğrafı"
     assert sends[str(image["id"])]["attachment"]["size"] == len(photo)
     assert sorted(unquote(path) for path in storage.requests) == [
         f"/storage/v1/object/authenticated/claims/{group}/hasar.png",
@@ -292,7 +298,9 @@ def test_a_fan_out_goes_to_every_group_once(conn, db_url, tmp_path, storage):
     assert len({e["attachment"]["upload"] for e in sends.values()}) == 1
 
 
-def test_typing_is_shown_before_each_send_when_asked(conn, db_url, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["in-process", "session-worker"])
+def test_typing_is_shown_before_each_send_when_asked(conn, db_url, tmp_path, workers, monkeypatch):
+    monkeypatch.setenv("WA_SESSION_WORKERS", workers)
     team = make_team(conn, groups=1)
     group = next(iter(team.groups))
     ids = [send(conn, group, f"mesaj {n}")["id"] for n in range(2)]
@@ -323,6 +331,35 @@ def test_no_typing_by_default(conn, db_url, tmp_path):
     finally:
         assert poller.terminate() == 0
     assert [e for e in poller.sends() if "presence" in e] == []
+
+
+def test_a_message_crosses_the_worker_channel_unchanged():
+    from poller.outgoing import OutgoingMessage, outgoing
+
+    details = {
+        "attachment": {
+            "bucket": "claims",
+            "path": "g/police.pdf",
+            "kind": "document",
+            "mime_type": "application/pdf",
+            "size": 4096,
+            "file_name": "police.pdf",
+        },
+        "reply_to": {
+            "message_id": str(uuid.uuid4()),
+            "wa_message_id": "3EB0QUOTED",
+            "content": "ilk",
+            "attachment_kind": None,
+            "sender": "905550000000@s.whatsapp.net",
+            "sender_lid": "80000000000001@lid",
+        },
+        "mentions": [{"jid": "905551112233@s.whatsapp.net", "lid": "81234567890123@lid"}],
+    }
+    message = outgoing(
+        "120363000000000001@g.us", "@905551112233", uuid.uuid4(), details, LID_GROUP_PARTICIPANTS
+    )
+    assert message.content == "@81234567890123"
+    assert OutgoingMessage.from_wire(json.loads(json.dumps(message.wire(), default=str))) == message
 
 
 # -- neonize, up to the network ------------------------------------------------------------

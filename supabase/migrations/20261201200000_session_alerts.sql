@@ -9,7 +9,9 @@
 alter type public.session_status add value if not exists 'banned';
 alter type public.session_status add value if not exists 'outdated';
 
--- Since when the session is in its status, whoever changed it (the poller, an admin).
+-- Since when the session is in its status, whoever changed it (the poller, an admin); and its
+-- last event as a line for the overview, which service_role reads too: a view reading
+-- session_events would fail for it (it has no privilege there, below).
 alter table public.whatsapp_sessions
   add column status_since timestamptz not null default now(),
   add column last_event text,
@@ -91,9 +93,11 @@ grant execute on function private.record_session_event(text, uuid, text, text, t
   to wa_poller;
 
 -- Retry receipts: a participant's phone could not decrypt the message and asked for it again
--- (whatsmeow re-sends it). Counted per message and participant; the first and the last.
+-- (whatsmeow re-sends it while it still holds it). Counted per message and participant, with the
+-- time of the last one.
 alter table public.message_receipts
-  add column retry_count integer not null default 0 constraint message_receipts_retry_count check (retry_count >= 0),
+  add column retry_count integer not null default 0
+    constraint message_receipts_retry_count check (retry_count >= 0),
   add column last_retry_at timestamptz;
 grant update (retry_count, last_retry_at) on public.message_receipts to wa_poller;
 -- The attention view below finds the few messages with retries without reading the others.

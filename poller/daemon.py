@@ -70,8 +70,8 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
         observer=lambda ok, why: _database_state(health, ok, why),
     )
     transport = make_transport(settings)
-    receipts = Receipts(db)
-    sessions = SessionManager(db, transport, receipts, settings)
+    receipts = Receipts(db, metrics=metrics)
+    sessions = SessionManager(db, transport, receipts, settings, metrics)
     dispatcher = Dispatcher(db, sessions, receipts, settings, metrics, health.beat, stop)
     groups = GroupSync(db, sessions.clients, settings.group_sync_interval)
     sessions.on_groups_changed(groups.request)

@@ -92,3 +92,12 @@ def test_backlog_reads_bench_prints_json(pg_server):
         assert backlog["take_rows"] == backlog["take_claimed"] == backlog["read_rows"] == 50
     assert report["summary"]["smallest"] == "10x20"
     assert set(report["summary"]["largest_take_over_smallest"]) == {"20x20"}
+
+
+def test_worker_memory_bench_prints_json(pg_server):
+    report = run_bench(
+        pg_server, "worker_memory.py", "--sessions", "1", "--settle", "1", "--sends", "200"
+    )
+    assert report["pss_mb"]["1"]["workers"] > 0
+    added = report["send_latency_ms"]["added"]
+    assert added["p50"] <= added["p99"]

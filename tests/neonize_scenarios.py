@@ -26,6 +26,7 @@ from typing import Any
 from poller.db import Database
 from poller.dispatcher import Dispatcher
 from poller.metrics import Metrics
+from poller.outgoing import OutgoingMessage
 from poller.receipts import Receipts
 from poller.sessions import SessionManager
 from poller.settings import Settings
@@ -388,7 +389,7 @@ class WhatsAppStandIn(NeonizeSession):
             held.set()
         return True
 
-    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+    async def send(self, message: OutgoingMessage) -> SendResult:
         await self._call("send", lambda: None)  # refused unless connected, as a real send is
         self.sent += 1
         return SendResult(f"3EB0ALERT{self.sent:04d}", datetime.now(UTC))

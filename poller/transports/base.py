@@ -116,16 +116,13 @@ class SessionClient(ABC):
     @abstractmethod
     async def stop(self) -> None: ...
 
-    # A client overrides send() or, sending text only, send_text(): each defaults to the other.
+    @abstractmethod
     async def send(self, message: "OutgoingMessage") -> SendResult:
         """Send; raises NotConnected, TransientSendError or PermanentSendError.
         `message.message_id` is ours; WhatsApp chooses its own id."""
-        if not message.plain:
-            raise PermanentSendError("this transport sends text only")
-        return await self.send_text(message.group_jid, message.content, message.message_id)
 
     async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
-        """A text-only send()."""
+        """A plain text send() (for tools and tests)."""
         from poller.outgoing import OutgoingMessage
 
         return await self.send(OutgoingMessage(group_jid, text, message_id))

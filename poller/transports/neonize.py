@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from poller.backoff import Backoff
+from poller.outgoing import OutgoingMessage
 from poller.settings import Settings
 from poller.transports.base import (
     ConnectionState,
@@ -47,6 +48,7 @@ from poller.transports.base import (
     TransientSendError,
     Transport,
 )
+from poller.transports.neonize_messages import NeonizeMedia, send_composing, send_outgoing
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ class NeonizeTransport(Transport):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions: list[NeonizeSession] = []
+        self.media = NeonizeMedia(settings)  # attachments, uploaded once for all sessions
         # neonize tags 1:1 messages as a bot's unless this says off. Go reads the environment
         # once, when neonize's library is loaded: so before any import of neonize (which this
         # module does only in its methods), in the poller and in each worker.
@@ -159,6 +162,7 @@ class NeonizeTransport(Transport):
 
     async def close(self) -> None:
         await asyncio.gather(*(session.stop() for session in self.sessions))
+        await self.media.aclose()
 
 
 class NeonizeSession(SessionClient):
@@ -552,17 +556,12 @@ class NeonizeSession(SessionClient):
                 f"{what} timed out after {time.monotonic() - started:.0f}s"
             ) from exc
 
-    async def send_text(self, group_jid: str, text: str, message_id: uuid.UUID) -> SendResult:
+    async def send(self, message: OutgoingMessage) -> SendResult:
         from neonize.exc import NeonizeError
-        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
-        from neonize.utils.jid import build_jid
 
-        user, server = group_jid.split("@", 1)
-        client = self.client
         try:
-            response = await self._call(
-                "send",
-                lambda: client.send_message(build_jid(user, server), Message(conversation=text)),
+            response = await send_outgoing(
+                self._call, self.client, message, self.transport.media.cache
             )
         except NeonizeError as exc:
             raise classify_send_error(str(exc)) from exc
@@ -573,6 +572,15 @@ class NeonizeSession(SessionClient):
             else datetime.now(UTC)
         )
         return SendResult(wa_message_id=response.ID, timestamp=sent_at)
+
+    async def typing(self, group_jid: str) -> None:
+        from neonize.exc import NeonizeError
+
+        client = self.client
+        try:
+            await self._call("typing", lambda: send_composing(client, group_jid))
+        except NeonizeError as exc:
+            raise classify_send_error(str(exc)) from exc
 
     async def joined_groups(self) -> list[GroupInfo] | None:
         from neonize.exc import NeonizeError

@@ -21,7 +21,7 @@ means add up to the mean latency), from timestamps recorded without touching the
   transport's accept time): the rest of the take's round trip, handing the job to its lane and the
   send. Where the take ends and the send begins is recorded nowhere (no timestamp or log line in
   the poller); splitting them needs the poller to record it (e.g. a DEBUG line with the time the
-  take returned, or the simulated transport logging the time send_text was entered);
+  take returned, or the simulated transport logging the time send was entered);
 - status_write: the acknowledgement to the `sent` row committed (pg_xact_commit_timestamp of the
   row's last writer, when the server has track_commit_timestamp on), otherwise to the `sent`
   write's transaction start only (messages.updated_at), and the figure says so.

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         default="INFO", description="Python logging level."
     )
     transport: Literal["simulated", "neonize"] = "simulated"
+    session_workers: bool | None = Field(
+        default=None,
+        description="each session's client in a worker process of its own; unset: on for "
+        "neonize (its Go core must not hold two clients in one process), off for simulated",
+    )
 
     synchronous_commit: bool = Field(
         default=False,

@@ -88,7 +88,7 @@ class Lane:
         if client is None:
             return GiveBack(job, Why.SESSION_DOWN)
         try:
-            if self._typing:
+            if self._typing and job.message.amend is None:  # nobody types an edit or a delete
                 await self._show_typing(client)
             result = await client.send(job.message)
         except NotConnected:

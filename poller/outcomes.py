@@ -110,7 +110,8 @@ class OutcomeWriter:
         self.stats.failed += len(failures)
         created = written["sent_created_ats"]
         for o in sent:
-            if at := created.get(str(o.job.message_id)):
+            # An edit or a revoke is no message queued: the enqueue → sent metric is not its.
+            if o.job.message.amend is None and (at := created.get(str(o.job.message_id))):
                 self._metrics.sent(o.job.session_id, datetime.fromisoformat(at))
         for o in retries:
             self._metrics.retried(o.job.session_id)

@@ -1,6 +1,7 @@
 """What a send carries beyond its text, parsed once from the job's `details` (see
 private.claim_outbound) into the typed message every transport sends: an attachment, the quoted
-message of a reply, and the mentioned participants in the group's own addressing.
+message of a reply, and the mentioned participants in the group's own addressing; or a change
+to a message sent earlier (an edit or a revoke: edit_message, revoke_message).
 
 Mentions: the job names each participant by phone JID and LID as synced; WhatsApp shows a
 mention only when it is written the way the group addresses its members. A LID-addressed group
@@ -38,6 +39,27 @@ class ReplyTo:
 
 
 @dataclass(frozen=True)
+class Amend:
+    """A change to one of our sent messages, known by its WhatsApp id: an edit (the new text is
+    the OutgoingMessage's content) or a revoke (delete for everyone)."""
+
+    kind: Literal["edit", "revoke"]
+    edit_id: uuid.UUID  # its message_edits row
+    wa_message_id: str
+    sender: str | None = None  # a revoke: our account's phone JID, which sent the message
+
+    @classmethod
+    def parse(cls, kind: Literal["edit", "revoke"], data: Mapping[str, Any]) -> "Amend":
+        """From details["edit"] / details["revoke"] (or the wire form, which has kind too)."""
+        return cls(
+            kind,
+            uuid.UUID(str(data["edit_id"])),
+            str(data["wa_message_id"]),
+            data.get("sender"),
+        )
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """One send: the text (the caption, with an attachment), and what else it carries."""
 
@@ -47,10 +69,16 @@ class OutgoingMessage:
     attachment: Attachment | None = None
     reply_to: ReplyTo | None = None
     mentions: tuple[str, ...] = ()  # JIDs in the group's addressing
+    amend: Amend | None = None  # set: this changes a sent message instead of sending one
 
     @property
     def plain(self) -> bool:
-        return self.attachment is None and self.reply_to is None and not self.mentions
+        return (
+            self.attachment is None
+            and self.reply_to is None
+            and not self.mentions
+            and self.amend is None
+        )
 
     def wire(self) -> dict[str, Any]:
         """As JSON-ready values (the worker channel); from_wire() reads it back."""
@@ -58,7 +86,7 @@ class OutgoingMessage:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> "OutgoingMessage":
-        attachment, reply = data["attachment"], data["reply_to"]
+        attachment, reply, amend = data["attachment"], data["reply_to"], data["amend"]
         return cls(
             data["group_jid"],
             data["content"],
@@ -66,6 +94,7 @@ class OutgoingMessage:
             Attachment(**attachment) if attachment else None,
             ReplyTo.parse(reply) if reply else None,
             tuple(data["mentions"]),
+            Amend.parse(amend["kind"], amend) if amend else None,
         )
 
 
@@ -85,6 +114,11 @@ def outgoing(
     (whatsapp_groups.participants), needed when it mentions."""
     if not details:
         return OutgoingMessage(group_jid, content, message_id)
+    for kind in ("edit", "revoke"):
+        if kind in details:
+            return OutgoingMessage(
+                group_jid, content, message_id, amend=Amend.parse(kind, details[kind])
+            )
     reply = details.get("reply_to")
     mentions, content = _mentions(details.get("mentions"), participants, content)
     return OutgoingMessage(

@@ -131,6 +131,12 @@ def seed(conn: psycopg.Connection) -> Seed:
             [s.m1],
         )
         conn.execute(
+            "insert into message_edits (message_id, group_jid, kind, old_content, new_content, "
+            "actor_id, actor_email, status) "
+            "values (%s, %s, 'edit', 'ilk', 'ilk mesaj', %s, 'employee@agency.test', 'sent')",
+            [s.m1, G1, s.employee],
+        )
+        conn.execute(
             "insert into session_events (session_id, kind, reason) "
             "values (%s, 'keepalive_timeout', 'keepalive timeout: no answer from WhatsApp')",
             [s.session],

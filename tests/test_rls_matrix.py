@@ -61,6 +61,13 @@ STATEMENTS: dict[str, dict[str, str]] = {
         "update": "update session_events set reason = 'x' where session_id = %(session)s",
         "delete": "delete from session_events where session_id = %(session)s",
     },
+    "message_edits": {
+        "select": "select id from message_edits where message_id = %(m1)s",
+        "insert": "insert into message_edits (message_id, group_jid, kind, old_content, actor_id) "
+        "values (%(m1)s, %(g1)s, 'revoke', 'ilk mesaj', %(employee)s)",
+        "update": "update message_edits set status = 'failed' where message_id = %(m1)s",
+        "delete": "delete from message_edits where message_id = %(m1)s",
+    },
     "messages": {
         "select": "select id from messages where id = %(m1)s",
         "insert": "insert into messages (group_jid, sender_id, content) "
@@ -93,6 +100,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "messages": _row(OK, DENIED, DENIED, DENIED),
         "message_receipts": _row(OK, DENIED, DENIED, DENIED),
         "session_events": _row(HIDDEN, DENIED, DENIED, DENIED),
+        "message_edits": _row(OK, DENIED, DENIED, DENIED),
     },
     "other_employee": {
         "employee_groups": _OUTSIDER,
@@ -103,6 +111,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "messages": _row(HIDDEN, DENIED, DENIED, DENIED),
         "message_receipts": _row(HIDDEN, DENIED, DENIED, DENIED),
         "session_events": _row(HIDDEN, DENIED, DENIED, DENIED),
+        "message_edits": _row(HIDDEN, DENIED, DENIED, DENIED),
     },
     "admin": {
         **dict.fromkeys(STATEMENTS, _ALL),
@@ -110,9 +119,16 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "message_receipts": _row(OK, DENIED, DENIED, DENIED),
         # Written only by private.record_session_event, for the poller.
         "session_events": _row(OK, DENIED, DENIED, DENIED),
+        # Written only by edit_message and revoke_message, and the poller's transitions.
+        "message_edits": _row(OK, DENIED, DENIED, DENIED),
     },
-    # It bypasses RLS, but has no privilege on the admins' session events.
-    "service_role": {**dict.fromkeys(STATEMENTS, _ALL), "session_events": _NOTHING},
+    # It bypasses RLS, but has no privilege on the admins' session events, and reads the
+    # audit of edits only.
+    "service_role": {
+        **dict.fromkeys(STATEMENTS, _ALL),
+        "session_events": _NOTHING,
+        "message_edits": _row(OK, DENIED, DENIED, DENIED),
+    },
     "wa_poller": {
         "employee_groups": _NOTHING,
         "employee_group_members": _NOTHING,
@@ -122,6 +138,7 @@ EXPECTED: dict[str, dict[str, dict[str, str]]] = {
         "messages": _row(OK, DENIED, OK, DENIED),
         "message_receipts": _row(OK, OK, OK, DENIED),
         "session_events": _NOTHING,  # through private.record_session_event only
+        "message_edits": _NOTHING,  # through the queue's transitions only
     },
 }
 
@@ -188,13 +205,16 @@ def test_poller_cannot_change_message_content_or_sender(conn, data):
 
 
 # The RPCs, each with every option it has that RLS or a persona decides (a mention of G1's
-# participant, a scheduled send, a cancel of the employee's scheduled message): the allowed
+# participant, a scheduled send, a cancel of the employee's scheduled message, an edit and a
+# delete of the employee's sent message): the allowed
 # outcome works, the denied one is refused with its SQLSTATE.
 RPC_CALLS = {
     "send_message": "select id from send_message(%(g1)s, 'persona', null, null, null, null, "
     "array['905551111111@s.whatsapp.net'], now() + interval '1 hour')",
     "send_to_groups": "select id from send_to_groups(array[%(g1)s], 'persona')",
     "cancel_message": "select id from cancel_message(%(scheduled)s)",
+    "edit_message": "select id from edit_message(%(sent)s, 'düzeltildi')",
+    "revoke_message": "select id from revoke_message(%(sent)s)",
 }
 RPC_EXPECTED = {
     "anon": dict.fromkeys(RPC_CALLS, "42501"),  # permission denied for function
@@ -202,6 +222,7 @@ RPC_EXPECTED = {
     # Not their team's group; not their message (answered as unknown).
     "other_employee": {
         "send_message": "PT403", "send_to_groups": "PT424", "cancel_message": "PT404",
+        "edit_message": "PT404", "revoke_message": "PT404",
     },
     "admin": dict.fromkeys(RPC_CALLS, OK),
     "service_role": dict.fromkeys(RPC_CALLS, "42501"),  # not authenticated: no user in its JWT
@@ -223,9 +244,15 @@ def test_persona_rpc(conn, data, persona, function):
         "select id, group_jid, send_at from m returning message_id",
         [G1, data.employee],
     ).fetchone()[0]
+    sent = conn.execute(
+        "insert into messages (group_jid, sender_id, content, status, wa_message_id, sent_at) "
+        "values (%s, %s, 'gitti', 'sent', '3EB0PERSONA', now()) returning id",
+        [G1, data.employee],
+    ).fetchone()[0]
     try:
         with acting_as(conn, persona, data):
-            conn.execute(RPC_CALLS[function], {"g1": G1, "scheduled": scheduled}).fetchall()
+            params = {"g1": G1, "scheduled": scheduled, "sent": sent}
+            conn.execute(RPC_CALLS[function], params).fetchall()
         outcome = OK
     except psycopg.Error as error:
         outcome = error.sqlstate

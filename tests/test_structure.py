@@ -26,6 +26,8 @@ API_FUNCTIONS = [
     "public.send_message(text, text, uuid, text, text, uuid, text[], timestamptz)",
     "public.send_to_groups(text[], text, uuid, text, text, timestamptz)",
     "public.cancel_message(uuid)",
+    "public.edit_message(uuid, text)",
+    "public.revoke_message(uuid)",
 ]
 # Granted to PUBLIC: the check constraint messages_content_not_blank calls it, and a CHECK runs
 # with the rights of whoever writes the row (the poller updates statuses). It only classifies
@@ -46,7 +48,7 @@ def test_every_table_in_public_has_rls_enabled(conn):
         "select c.relname, c.relrowsecurity from pg_class c "
         "where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')",
     )
-    assert len(tables) == 9
+    assert len(tables) == 10
     assert [name for name, rls in tables if not rls] == []
 
 
@@ -339,10 +341,12 @@ def test_the_api_roles_may_execute_only_the_known_private_functions(conn):
     )
     assert [r[0] for r in callable_] == [
         "cancel_message",
+        "edit_message",
         "is_admin",
         "is_blank",
         "my_employee_group_ids",
         "my_group_jids",
+        "revoke_message",
         "send_message",
         "send_to_groups",
     ]

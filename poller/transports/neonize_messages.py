@@ -9,6 +9,9 @@ Message (its Info), while ours is a message we sent, known by its id, sender and
 ContextInfo is filled as neonize's _make_quoted_message fills it; send_message's mentions are
 `@<digits>` parsed from the text with one server for all (mentions_are_lids), while ours are
 given, already in the group's addressing (poller/outgoing.py), so mentionedJID is set directly.
+An edit or a revoke goes through neonize's own edit_message(chat, message_id, new_message) and
+revoke_message(chat, sender, message_id), which build the ProtocolMessage (MESSAGE_EDIT with
+the new text as a `conversation`; REVOKE, fromMe since the sender is our account) and send it.
 
 neonize is imported inside the functions: the worker's fork server preloads this module and
 must not start Go's runtime.
@@ -21,9 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from poller.outgoing import OutgoingMessage, ReplyTo
+from poller.outgoing import Amend, OutgoingMessage, ReplyTo
 from poller.settings import Settings
 from poller.storage import MediaCache, StorageFetcher
+from poller.transports.base import PermanentSendError
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +183,10 @@ async def send_outgoing(
     """Upload the attachment unless this message's upload is cached (its retries reuse it),
     build the message and send it; returns neonize's SendResponse. neonize's errors (an
     UploadError, a SendMessageError) and storage.py's propagate."""
+    if (amend := message.amend) is not None:
+        return await call(
+            "send", lambda: send_amend(client, message.group_jid, message.content, amend)
+        )
     uploaded = None
     attachment = message.attachment
     if attachment is not None:
@@ -189,6 +197,19 @@ async def send_outgoing(
         )
     built = build_message(message, uploaded)
     return await call("send", lambda: client.send_message(jid(message.group_jid), built))
+
+
+def send_amend(client: Any, group_jid: str, content: str, amend: Amend) -> Any:
+    """Send an edit (`content` the new text) or a revoke (blocking: run it through the
+    session's call)."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+
+    chat = jid(group_jid)
+    if amend.kind == "edit":
+        return client.edit_message(chat, amend.wa_message_id, Message(conversation=content))
+    if not amend.sender:  # the session was never paired on this row: no retry brings it
+        raise PermanentSendError(f"revoke of {amend.wa_message_id}: our account's JID is unknown")
+    return client.revoke_message(chat, jid(amend.sender), amend.wa_message_id)
 
 
 def send_composing(client: Any, group_jid: str) -> None:

@@ -8,7 +8,9 @@ SHA-256 taken) once per message, as the real transport does.
 Every accepted send is appended to a JSON-lines log with one unbuffered write, so the log holds
 exactly what "WhatsApp" accepted even when the poller is killed a moment later: the message's
 kind (text, image, document), its text or caption, the quoted WhatsApp id, the mentions and the
-attachment's name, type, size and digest. A "typing…" presence is logged as its own line.
+attachment's name, type, size and digest; an edit or a revoke as kind "edit" / "revoke" with
+the WhatsApp id it changes (`target`) and, for an edit, the new text. A "typing…" presence is
+logged as its own line.
 """
 
 import asyncio
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from poller.outgoing import OutgoingMessage
+from poller.outgoing import Amend, OutgoingMessage
 from poller.settings import Settings
 from poller.storage import MediaCache, StorageFetcher
 from poller.transports.base import (
@@ -176,6 +178,9 @@ class SimulatedClient(SessionClient):
             raise TransientSendError("simulated timeout")
         wa_id = f"3EB0{self._rng.getrandbits(64):016X}"
         now = datetime.now(UTC)
+        if message.amend is not None:  # no receipts: WhatsApp acknowledges the change only
+            self._record_amend(message, message.amend, wa_id)
+            return SendResult(wa_message_id=wa_id, timestamp=now)
         attachment = message.attachment
         self.transport.record(
             {
@@ -198,6 +203,22 @@ class SimulatedClient(SessionClient):
             if self.settings.sim_read_after_ms:
                 self._schedule(wa_id, ReceiptKind.READ, self.settings.sim_read_after_ms)
         return SendResult(wa_message_id=wa_id, timestamp=now)
+
+    def _record_amend(self, message: OutgoingMessage, amend: Amend, wa_id: str) -> None:
+        self.transport.record(
+            {
+                "t": time.time(),
+                "session": str(self.session_id),
+                "group": message.group_jid,
+                "message_id": str(message.message_id),
+                "edit_id": str(amend.edit_id),
+                "wa_message_id": wa_id,
+                "kind": amend.kind,
+                "target": amend.wa_message_id,
+                "content": message.content if amend.kind == "edit" else None,
+                "sender": amend.sender,
+            }
+        )
 
     def _fail_requested(self, message_id: uuid.UUID) -> bool:
         control = self.settings.sim_control_dir

@@ -4,7 +4,7 @@ select plan(20);
 
 select tables_are('public', array['whatsapp_sessions', 'whatsapp_groups', 'group_assignments',
   'messages', 'employee_groups', 'employee_group_members', 'message_receipts', 'send_limits',
-  'session_events']);
+  'session_events', 'message_edits']);
 select is(
   (select array_agg(relname::text order by relname) from pg_class
    where relnamespace = 'public'::regnamespace and relkind = 'r' and not relrowsecurity),

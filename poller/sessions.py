@@ -228,7 +228,7 @@ class SessionManager:
                     except Exception:  # the next beat tries again; leases last WA_LEASE_TTL
                         task = asyncio.current_task()
                         if task is not None and task.cancelling():
-                            raise asyncio.CancelledError from None  # see Dispatcher's flush
+                            raise asyncio.CancelledError from None  # see OutcomeWriter.run
                         log.exception("heartbeat failed")
         finally:
             writer.cancel()

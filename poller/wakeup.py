@@ -17,9 +17,11 @@ The contract of `Wakeup`:
   follow the arm and every insert would pay for a NOTIFY.
 - `idle(got)` is awaited after a read that took `got` jobs, fewer than a batch. It returns when
   the reader should read again: at once after a successful arm (one more read, which sees all
-  that committed before the arm); after a short, growing delay (1 ms, up to 50 ms) when the arm
-  found the queue being written; otherwise, once armed and an empty read behind it, at the first
-  of a notification, a timer or the fallback poll interval.
+  that committed before the arm); after a short delay when the arm found the queue being
+  written: 1 ms after a read that took something (a steady stream of inserts keeps the queue
+  written, and its messages must not wait for a grown delay), growing up to 50 ms over empty
+  reads (a long-open transaction must not make the reader spin); otherwise, once armed and an
+  empty read behind it, at the first of a notification, a timer or the fallback poll interval.
 """
 
 import asyncio
@@ -52,6 +54,8 @@ class Wakeup:
         await self._wait(self._poll_interval)
 
     async def idle(self, got: int) -> None:
+        if got:
+            self._retry = ARM_RETRY
         if got or not self._armed:
             self._armed = await self._arm()
             if self._armed:

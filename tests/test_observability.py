@@ -47,7 +47,10 @@ def sent(conn: psycopg.Connection) -> int:
 def test_a_running_poller_counts_its_sends_and_answers_healthy(conn, db_url, tmp_path):
     team = make_team(conn, groups=3)
     port = free_port()
-    poller = Poller(db_url, tmp_path, metrics_addr=f"127.0.0.1:{port}", sim_failure_rate=0.3)
+    # Transient failures, retried: with 20 attempts none of the 30 fails for good (0.3^20).
+    poller = Poller(
+        db_url, tmp_path, metrics_addr=f"127.0.0.1:{port}", sim_failure_rate=0.3, max_attempts=20
+    )
     poller.start()
     try:
         wait_until(lambda: health(port)[0] == 200, 20, f"a healthy poller\n{poller.output()}")

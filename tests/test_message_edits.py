@@ -18,6 +18,7 @@ import pytest
 
 from tests.personas import G1, G2, Seed, acting_as, send_as
 from tests.poller_support import Poller, make_team, wait_until
+from tests.test_rich_messages import take
 from tests.test_rich_sends import as_employee, send, sends_of, wait_sent
 
 WA_ID = "3EB0FIRSTSENT"
@@ -67,18 +68,6 @@ def written(conn) -> tuple[int, int]:
         conn.execute("select count(*) from message_edits").fetchone()[0],
         conn.execute("select count(*) from pgmq.q_whatsapp_outbound").fetchone()[0],
     )
-
-
-def take(conn, s: Seed, ttl: float = 3600) -> list[dict]:
-    """The poller's read, as wa_poller."""
-    with conn.transaction():
-        conn.execute("set local role wa_poller")
-        cur = conn.execute(
-            "select * from private.take_outbound('me', %s, array[100], '{}', 30, 100, %s)",
-            [[s.session], ttl],
-        )
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def as_poller(conn, sql: str, params: list) -> None:
